@@ -1,0 +1,10 @@
+"""The seed's recipe, unchanged, for an apples-to-apples comparison with the Keras example:
+embed 64, 4 layers, r 2, chunk 8, patch 4, image 48, dropout 0.2, 1 head, AdamW lr 1e-4 and
+wd 1e-4 on all weights, batch 2048, 30 epochs, no schedule, zero initial state, head on the mean
+of the last chunk's fast stream."""
+
+from configs import default
+
+
+def get_config():
+  return default.get_config()

@@ -1,0 +1,109 @@
+"""Checks a config before anything is loaded or compiled; each failure is one line that names
+the field and what it may be."""
+
+import os
+import tempfile
+
+import ml_collections
+
+from tlb_jax.input_pipeline import DATASETS
+
+DTYPES = ('auto', 'float32', 'bfloat16', 'float16')
+LR_SCHEDULES = ('constant', 'warmup_cosine')
+WEIGHT_DECAY_ON = ('all', 'kernels')
+MODEL_CHOICES = {
+    'tlb': {'head': ('slow_mean', 'fast_last_mean'), 'slow_stream_init': ('learned', 'zeros')},
+}
+POSITIVE_INTS = ('batch_size', 'eval_batch_size', 'image_size', 'resize_size', 'num_epochs',
+                 'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints')
+MODEL_POSITIVE_INTS = ('patch_size', 'embed_dim', 'chunk_size', 'num_latents', 'num_layers',
+                       'cross_attention_every', 'num_heads', 'mlp_ratio', 'scan_unroll')
+
+
+class ConfigError(ValueError):
+  """An invalid config value; the message names the field and the allowed values."""
+
+
+def _choice(field: str, value, allowed) -> None:
+  if value not in allowed:
+    raise ConfigError(f'--config.{field}={value!r} is not allowed; use one of {list(allowed)}')
+
+
+def _positive(field: str, value) -> None:
+  if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+    raise ConfigError(f'--config.{field}={value!r} must be a positive integer')
+
+
+def _unit_interval(field: str, value) -> None:
+  if not 0.0 <= value < 1.0:
+    raise ConfigError(f'--config.{field}={value!r} must be in [0, 1)')
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
+  """Raises ConfigError for the first invalid field."""
+  _choice('model', config.model, sorted(MODEL_CHOICES))
+  if config.model not in config:
+    raise ConfigError(f'config.model={config.model!r} needs a config.{config.model} section with '
+                      'its hyper-parameters; start from a config in configs/')
+  _choice('dataset', config.dataset, DATASETS)
+  _choice('dtype', config.dtype, DTYPES)
+  _choice('lr_schedule', config.lr_schedule, LR_SCHEDULES)
+  _choice('weight_decay_on', config.weight_decay_on, WEIGHT_DECAY_ON)
+  for field in POSITIVE_INTS:
+    _positive(field, config[field])
+  if config.learning_rate <= 0:
+    raise ConfigError(f'--config.learning_rate={config.learning_rate} must be positive')
+  if config.weight_decay < 0 or config.grad_clip_norm < 0:
+    raise ConfigError('--config.weight_decay and --config.grad_clip_norm must be >= 0')
+  _unit_interval('label_smoothing', config.label_smoothing)
+  if config.resize_size < config.image_size:
+    raise ConfigError(f'--config.resize_size={config.resize_size} must be >= '
+                      f'--config.image_size={config.image_size} (the random crop)')
+  for field in ('batch_size', 'eval_batch_size'):
+    if config[field] % num_devices:
+      raise ConfigError(f'--config.{field}={config[field]} must be divisible by the '
+                        f'{num_devices} local devices')
+
+  model = config[config.model]
+  for field, allowed in MODEL_CHOICES[config.model].items():
+    _choice(f'{config.model}.{field}', model[field], allowed)
+  for field in MODEL_POSITIVE_INTS:
+    if field in model:
+      _positive(f'{config.model}.{field}', model[field])
+  for field in ('dropout_rate', 'attention_dropout_rate'):
+    if field in model:
+      _unit_interval(f'{config.model}.{field}', model[field])
+  if 'patch_size' in model:
+    patch = model.patch_size
+    if config.image_size % patch:
+      raise ConfigError(f'--config.image_size={config.image_size} is not divisible by '
+                        f'--config.{config.model}.patch_size={patch}')
+    num_patches = (config.image_size // patch) ** 2
+    if 'chunk_size' in model and num_patches % model.chunk_size:
+      raise ConfigError(f'{num_patches} patches ({config.image_size}/{patch} squared) are not '
+                        f'divisible by --config.{config.model}.chunk_size={model.chunk_size}')
+  if 'num_heads' in model and 'embed_dim' in model and model.embed_dim % model.num_heads:
+    raise ConfigError(f'--config.{config.model}.embed_dim={model.embed_dim} is not divisible by '
+                      f'--config.{config.model}.num_heads={model.num_heads}')
+
+
+def check_workdir_writable(workdir: str) -> None:
+  """Creates `workdir` if needed and proves a file can be written there."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=workdir):
+      pass
+  except OSError as e:
+    raise ConfigError(f'--workdir={workdir} is not writable ({e.strerror}); choose another '
+                      'directory') from None
+
+
+def flatten(config: ml_collections.ConfigDict, prefix: str = '') -> dict:
+  """{'tlb': {'embed_dim': 64}} -> {'tlb.embed_dim': 64}, values as TensorBoard hparams."""
+  flat = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      flat.update(flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value if isinstance(value, (int, float, str, bool)) else str(value)
+  return flat

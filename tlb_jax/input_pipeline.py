@@ -1,0 +1,151 @@
+"""CIFAR data from TFDS, held in host memory as uint8, served as seeded, resumable batches.
+
+Augmentation is not done here: it runs on the accelerator inside the jitted step
+(`tlb_jax.augment`), so batches are raw uint8 images and int32 labels.
+"""
+
+import dataclasses
+import os
+from collections.abc import Iterator
+
+import jax
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+
+DATASETS = ('cifar10', 'cifar100')
+
+
+class DataError(Exception):
+  """The dataset cannot be loaded; the message says what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """A split in host memory: images (N, H, W, 3) uint8, labels (N,) int32."""
+
+  images: np.ndarray
+  labels: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  train: Split
+  eval: Split
+  test: Split
+  num_classes: int
+  class_names: tuple[str, ...]
+
+
+def _prepare_hint(config) -> str:
+  return (f'prepare it on a machine with a network (`tfds build {config.dataset} '
+          f'--data_dir=DIR`, or run once with --config.download=True), copy DIR here and pass '
+          f'--config.data_dir=DIR')
+
+
+def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  """Returns a prepared TFDS builder for `config.dataset`, or raises DataError."""
+  if config.dataset not in DATASETS:
+    raise DataError(f'config.dataset must be one of {DATASETS}, got {config.dataset!r}')
+  data_dir = config.data_dir
+  if data_dir is not None and not os.path.isdir(data_dir):
+    raise DataError(f'--config.data_dir={data_dir} is not a directory; {_prepare_hint(config)}')
+  builder = tfds.builder(config.dataset, data_dir=data_dir)
+  if builder.is_prepared():
+    return builder
+  where = data_dir or tfds.core.constants.DATA_DIR
+  if not config.download:
+    raise DataError(f'{config.dataset} is not prepared in {where} and --config.download=False; '
+                    f'{_prepare_hint(config)}')
+  try:
+    builder.download_and_prepare()
+  except Exception as e:  # pylint: disable=broad-except
+    cause = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+    raise DataError(f'{config.dataset} is not prepared in {where} and downloading it failed '
+                    f'({cause}); {_prepare_hint(config)}') from None
+  return builder
+
+
+def load_split(builder: tfds.core.DatasetBuilder, split: str) -> Split:
+  """Reads a whole TFDS split (e.g. 'train[:40000]') into memory."""
+  try:
+    data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+  except (ValueError, AssertionError, KeyError) as e:
+    raise DataError(f'cannot read split {split!r} of {builder.name}: {e}') from None
+  if len(data['label']) == 0:
+    raise DataError(f'split {split!r} of {builder.name} is empty; check the split slice')
+  return Split(images=np.ascontiguousarray(data['image'], dtype=np.uint8),
+               labels=np.asarray(data['label'], dtype=np.int32))
+
+
+def load(config: ml_collections.ConfigDict) -> Dataset:
+  """Loads train, eval (validation) and test splits named in the config."""
+  builder = get_builder(config)
+  label = builder.info.features['label']
+  return Dataset(
+      train=load_split(builder, config.train_split),
+      eval=load_split(builder, config.eval_split),
+      test=load_split(builder, config.test_split),
+      num_classes=label.num_classes,
+      class_names=tuple(label.names),
+  )
+
+
+def _host_slice(indices: np.ndarray) -> np.ndarray:
+  """The part of a global batch that this process feeds to its local devices."""
+  per_host = len(indices) // jax.process_count()
+  start = jax.process_index() * per_host
+  return indices[start:start + per_host]
+
+
+def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+  """The order of training examples in `epoch`; a pure function of (seed, epoch)."""
+  return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def train_batches(split: Split, batch_size: int, seed: int,
+                  start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+  """Endless shuffled training batches, resumable at any step.
+
+  Each epoch is a fresh permutation drawn from (seed, epoch) and drops its last partial batch,
+  so the batch at global step s is the same whether or not the run was interrupted.
+
+  Yields:
+    {'image': (batch_size / process_count, H, W, 3) uint8, 'label': (...,) int32}.
+  """
+  steps_per_epoch = len(split) // batch_size
+  if steps_per_epoch == 0:
+    raise DataError(f'the training split has {len(split)} examples, fewer than one batch of '
+                    f'{batch_size}; lower --config.batch_size')
+  epoch, offset = divmod(start_step, steps_per_epoch)
+  while True:
+    order = epoch_permutation(len(split), seed, epoch)
+    for step in range(offset, steps_per_epoch):
+      indices = _host_slice(order[step * batch_size:(step + 1) * batch_size])
+      # Sorted gathers read memory in order; the batch's order does not matter to the step.
+      indices = np.sort(indices)
+      yield {'image': split.images[indices], 'label': split.labels[indices]}
+    epoch, offset = epoch + 1, 0
+
+
+def eval_batches(split: Split, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+  """Every example once, in order; the last batch is padded and `mask` marks real examples.
+
+  Yields:
+    {'image': (batch_size / process_count, H, W, 3) uint8, 'label': (...,) int32,
+     'mask': (...,) bool}.
+  """
+  for start in range(0, len(split), batch_size):
+    indices = np.arange(start, start + batch_size)
+    mask = indices < len(split)
+    indices = _host_slice(np.where(mask, indices, 0))
+    yield {'image': split.images[indices], 'label': split.labels[indices],
+           'mask': _host_slice(mask)}
+
+
+def shard(batch: dict[str, np.ndarray], num_devices: int) -> dict[str, np.ndarray]:
+  """(B, ...) -> (num_devices, B / num_devices, ...) for pmap."""
+  return {k: v.reshape((num_devices, -1) + v.shape[1:]) for k, v in batch.items()}

@@ -1,0 +1,135 @@
+"""Building blocks shared by every model: attention, MLP, pre-LN blocks, patch embedding.
+
+Shape letters: B batch, N tokens, Lq query tokens, Lk key/value tokens, D features,
+H heads, Dh features per head.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+# Seed (Keras) LayerNormalization epsilon; kept so the seed-faithful config matches it.
+LAYER_NORM_EPSILON = 1e-5
+
+
+def resolve_dtype(name: str) -> jnp.dtype:
+  """Maps a config dtype name to a jnp dtype; 'auto' is bfloat16 on GPU/TPU, float32 on CPU."""
+  if name == 'auto':
+    return jnp.bfloat16 if jax.default_backend() in ('gpu', 'tpu') else jnp.float32
+  return jnp.dtype(name).type
+
+
+class MultiHeadAttention(nn.Module):
+  """Multi-head dot-product attention with fused projections.
+
+  Self-attention (`context=None`) projects q, k and v with one matmul; cross-attention projects
+  q from the queries and k, v together from the context. Softmax runs in float32.
+
+  Attributes:
+    num_heads: H.
+    head_dim: Dh; defaults to D // H.
+    attention_dropout_rate: dropout on the attention probabilities.
+    dtype: compute dtype (parameters stay float32).
+  """
+
+  num_heads: int
+  head_dim: int | None = None
+  attention_dropout_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, queries, context=None, *, deterministic: bool):
+    """queries (B, Lq, D), context (B, Lk, D) or None -> ((B, Lq, D), weights (B, H, Lq, Lk) f32)."""
+    features = queries.shape[-1]
+    head_dim = self.head_dim or features // self.num_heads
+    dense = lambda shape, name: nn.DenseGeneral(shape, dtype=self.dtype, name=name)
+    if context is None:
+      qkv = dense((3, self.num_heads, head_dim), 'qkv')(queries)
+      query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    else:
+      query = dense((self.num_heads, head_dim), 'query')(queries)
+      kv = dense((2, self.num_heads, head_dim), 'key_value')(context)
+      key, value = kv[:, :, 0], kv[:, :, 1]
+    query = query * jnp.asarray(head_dim**-0.5, self.dtype)
+    logits = jnp.einsum('bqhd,bkhd->bhqk', query, key)
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    dropped = nn.Dropout(self.attention_dropout_rate)(weights, deterministic=deterministic)
+    out = jnp.einsum('bhqk,bkhd->bqhd', dropped.astype(self.dtype), value)
+    out = nn.DenseGeneral(features, axis=(-2, -1), dtype=self.dtype, name='out')(out)
+    return out, weights
+
+
+class MlpBlock(nn.Module):
+  """Dense(mlp_ratio * D) -> GELU -> Dense(D) -> dropout, as in the seed's feed-forward network."""
+
+  mlp_ratio: int = 4
+  dropout_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, deterministic: bool):
+    """x (B, N, D) -> (B, N, D)."""
+    features = x.shape[-1]
+    y = nn.Dense(self.mlp_ratio * features, dtype=self.dtype, name='hidden')(x)
+    y = nn.gelu(y)
+    y = nn.Dense(features, dtype=self.dtype, name='output')(y)
+    return nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+
+
+class AttentionBlock(nn.Module):
+  """Pre-LayerNorm residual block: x += MHA(LN(x), LN(context)); x += MLP(LN(x)).
+
+  With `context=None` it is a self-attention block, otherwise a cross-attention block whose
+  queries come from `x` and keys/values from `context`.
+  """
+
+  num_heads: int
+  mlp_ratio: int = 4
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, context=None, *, deterministic: bool):
+    """x (B, Lq, D), context (B, Lk, D) or None -> ((B, Lq, D), weights (B, H, Lq, Lk))."""
+    norm = lambda name: nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype, name=name)
+    if context is not None:
+      context = norm('norm_context')(context)
+    y, weights = MultiHeadAttention(
+        num_heads=self.num_heads,
+        attention_dropout_rate=self.attention_dropout_rate,
+        dtype=self.dtype,
+        name='attention',
+    )(norm('norm_query')(x), context, deterministic=deterministic)
+    x = x + y
+    y = MlpBlock(self.mlp_ratio, self.dropout_rate, self.dtype, name='mlp')(
+        norm('norm_mlp')(x), deterministic=deterministic)
+    return x + y, weights
+
+
+class PatchEmbed(nn.Module):
+  """Non-overlapping patches -> linear embedding + learned position embedding -> LayerNorm.
+
+  Patches are numbered row-major, so token n is patch (n // (W/p), n % (W/p)).
+  """
+
+  patch_size: int
+  embed_dim: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images):
+    """images (B, H, W, C) -> tokens (B, N, D) with N = (H / p) * (W / p)."""
+    p = self.patch_size
+    x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype,
+                name='projection')(images.astype(self.dtype))
+    batch, rows, cols, features = x.shape
+    x = x.reshape(batch, rows * cols, features)
+    position = self.param('position_embedding', nn.initializers.normal(0.02),
+                          (rows * cols, features))
+    x = x + position.astype(self.dtype)
+    return nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype, name='norm')(x)

@@ -1,0 +1,282 @@
+"""Training and evaluation loop: pmap data parallelism, clu metrics, Orbax checkpoints.
+
+The steps are pure functions of (state, batch); everything random is derived from the state's
+`rng` and step, and the data order from (seed, epoch), so a resumed run replays exactly the
+batches and dropout masks an uninterrupted one would have used.
+"""
+
+import functools
+import json
+import os
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers, metrics, parameter_overview, periodic_actions
+from flax import jax_utils
+from flax.training import train_state
+
+from tlb_jax import augment, checkpointing, config_validation, input_pipeline
+from tlb_jax.models import create_model
+
+
+class TrainState(train_state.TrainState):
+  """Flax TrainState plus the base PRNG key (raw uint32 key data, so Orbax can store it)."""
+
+  rng: jax.Array
+
+
+@flax.struct.dataclass
+class TrainMetrics(metrics.Collection):
+  loss: metrics.Average.from_output('loss')
+  accuracy: metrics.Accuracy
+  top5_accuracy: metrics.Average.from_output('top5_correct')
+  learning_rate: metrics.LastValue.from_output('learning_rate')
+
+
+@flax.struct.dataclass
+class EvalMetrics(metrics.Collection):
+  loss: metrics.Average.from_output('loss')
+  accuracy: metrics.Accuracy
+  top5_accuracy: metrics.Average.from_output('top5_correct')
+
+
+def create_learning_rate_fn(config: ml_collections.ConfigDict,
+                            steps_per_epoch: int, total_steps: int) -> optax.Schedule:
+  """'constant' (the seed) or linear warmup then cosine decay to `min_learning_rate`."""
+  if config.lr_schedule == 'constant':
+    return optax.constant_schedule(config.learning_rate)
+  warmup_steps = min(int(config.warmup_epochs * steps_per_epoch), total_steps - 1)
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=config.learning_rate, warmup_steps=warmup_steps,
+      decay_steps=total_steps, end_value=config.min_learning_rate)
+
+
+def weight_decay_mask(params) -> Any:
+  """True for the matrices and kernels that weight decay should shrink: not biases, norms,
+  position embeddings or the initial slow stream."""
+  def decays(path, param):
+    name = jax.tree_util.keystr(path)
+    return param.ndim > 1 and 'position_embedding' not in name and 'initial_' not in name
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def create_optimizer(config: ml_collections.ConfigDict,
+                     learning_rate_fn: optax.Schedule) -> optax.GradientTransformation:
+  """AdamW, optionally with global-norm gradient clipping and decay on kernels only."""
+  mask = None if config.weight_decay_on == 'all' else weight_decay_mask
+  adamw = optax.adamw(learning_rate_fn, b1=config.adam_b1, b2=config.adam_b2,
+                      weight_decay=config.weight_decay, mask=mask)
+  if config.grad_clip_norm > 0:
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adamw)
+  return adamw
+
+
+def create_train_state(rng, model, image_size: int,
+                       tx: optax.GradientTransformation) -> TrainState:
+  """Initializes parameters (float32) and optimizer state at step 0."""
+  init_rng, state_rng = jax.random.split(rng)
+  dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+  params = jax.jit(functools.partial(model.init, train=False))(init_rng, dummy)['params']
+  return TrainState.create(apply_fn=model.apply, params=params, tx=tx, rng=state_rng)
+
+
+def cross_entropy_loss(logits, labels, label_smoothing: float = 0.0):
+  """Per-example softmax cross-entropy in float32: logits (B, K), labels (B,) -> (B,)."""
+  logits = logits.astype(jnp.float32)
+  targets = jax.nn.one_hot(labels, logits.shape[-1])
+  if label_smoothing:
+    targets = optax.smooth_labels(targets, label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+def top5_correct(logits, labels):
+  """(B, K), (B,) -> (B,) float32, 1 where the label is among the 5 largest logits."""
+  k = min(5, logits.shape[-1])
+  return jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1).astype(jnp.float32)
+
+
+def train_step(state: TrainState, batch, *, learning_rate_fn, resize_size: int,
+               image_size: int, random_flip: bool, label_smoothing: float):
+  """One AdamW step on a per-device batch; gradients and metrics are averaged over 'batch'.
+
+  Args:
+    state: replicated TrainState.
+    batch: {'image': (b, h, w, 3) uint8, 'label': (b,) int32}, b = per-device batch.
+
+  Returns:
+    (new state, TrainMetrics gathered over devices).
+  """
+  rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
+                           jax.lax.axis_index('batch'))
+  augment_rng, dropout_rng = jax.random.split(rng)
+  images = augment.train_preprocess(augment_rng, batch['image'], resize_size=resize_size,
+                                    image_size=image_size, flip=random_flip)
+  labels = batch['label']
+
+  def loss_fn(params):
+    logits = state.apply_fn({'params': params}, images, train=True,
+                            rngs={'dropout': dropout_rng})
+    losses = cross_entropy_loss(logits, labels, label_smoothing)
+    return losses.mean(), (losses, logits)
+
+  grads, (losses, logits) = jax.grad(loss_fn, has_aux=True)(state.params)
+  grads = jax.lax.pmean(grads, axis_name='batch')
+  new_state = state.apply_gradients(grads=grads)
+  step_metrics = TrainMetrics.gather_from_model_output(
+      loss=losses, logits=logits, labels=labels, top5_correct=top5_correct(logits, labels),
+      learning_rate=learning_rate_fn(state.step))
+  return new_state, step_metrics
+
+
+def eval_step(params, batch, *, apply_fn, image_size: int):
+  """Metrics of a padded per-device batch; padding (mask False) does not count."""
+  images = augment.eval_preprocess(batch['image'], image_size=image_size)
+  logits = apply_fn({'params': params}, images, train=False)
+  return EvalMetrics.gather_from_model_output(
+      loss=cross_entropy_loss(logits, batch['label']), logits=logits, labels=batch['label'],
+      top5_correct=top5_correct(logits, batch['label']), mask=batch['mask'])
+
+
+def evaluate(p_eval_step, params, split: input_pipeline.Split,
+             batch_size: int) -> dict[str, float]:
+  """Evaluates replicated `params` on every example of `split` once."""
+  num_devices = jax.local_device_count()
+  collected = None
+  for batch in input_pipeline.eval_batches(split, batch_size):
+    update = jax_utils.unreplicate(p_eval_step(params, input_pipeline.shard(batch, num_devices)))
+    collected = update if collected is None else collected.merge(update)
+  result = {k: float(v) for k, v in collected.compute().items()}
+  result['examples'] = int(collected.accuracy.count)
+  return result
+
+
+def _write_json(path: str, payload: dict) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(payload, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains `config` in `workdir` (resuming from its latest checkpoint) and tests it.
+
+  Returns:
+    The contents of `workdir/results.json`.
+  """
+  config_validation.validate(config, jax.local_device_count())
+  config_validation.check_workdir_writable(workdir)
+  data = input_pipeline.load(config)
+  model = create_model(config, data.num_classes)
+
+  steps_per_epoch = len(data.train) // config.batch_size
+  total_steps = (config.num_train_steps if config.num_train_steps > 0
+                 else config.num_epochs * steps_per_epoch)
+  learning_rate_fn = create_learning_rate_fn(config, steps_per_epoch, total_steps)
+  state = create_train_state(jax.random.PRNGKey(config.seed), model, config.image_size,
+                             create_optimizer(config, learning_rate_fn))
+
+  checkpoints = checkpointing.Checkpoints(workdir, config)
+  state = checkpoints.restore_latest(state)
+  start_step = int(state.step)
+
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0, asynchronous=False)
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  if start_step == 0:
+    parameter_overview.log_parameter_overview(state.params)
+    writer.write_hparams(config_validation.flatten(config))
+  logging.info('Config:\n%s', config)
+  logging.info('%s: %d parameters; %d steps of %d images (%d per epoch); starting at step %d',
+               config.model, num_params, total_steps, config.batch_size, steps_per_epoch,
+               start_step)
+
+  num_devices = jax.local_device_count()
+  p_train_step = jax.pmap(
+      functools.partial(train_step, learning_rate_fn=learning_rate_fn,
+                        resize_size=config.resize_size, image_size=config.image_size,
+                        random_flip=config.random_flip, label_smoothing=config.label_smoothing),
+      axis_name='batch', donate_argnums=(0,))
+  p_eval_step = jax.pmap(
+      functools.partial(eval_step, apply_fn=model.apply, image_size=config.image_size),
+      axis_name='batch')
+
+  eval_every_steps = config.eval_every_epochs * steps_per_epoch
+  state = jax_utils.replicate(state)
+  train_start = time.time()
+  eval_seconds = 0.0
+  if start_step < total_steps:
+    batches = jax_utils.prefetch_to_device(
+        (input_pipeline.shard(b, num_devices) for b in input_pipeline.train_batches(
+            data.train, config.batch_size, config.seed, start_step)), 2)
+    report_progress = periodic_actions.ReportProgress(num_train_steps=total_steps,
+                                                      writer=writer)
+    train_metrics = None
+    for step in range(start_step + 1, total_steps + 1):
+      with jax.profiler.StepTraceAnnotation('train', step_num=step):
+        state, update = p_train_step(state, next(batches))
+      update = jax_utils.unreplicate(update)
+      train_metrics = update if train_metrics is None else train_metrics.merge(update)
+      report_progress(step)
+      last = step == total_steps
+      epoch_end = step % steps_per_epoch == 0
+      if step % config.log_every_steps == 0 or epoch_end or last:
+        scalars = train_metrics.compute()
+        scalars['epoch'] = step / steps_per_epoch
+        writer.write_scalars(step, {f'train_{k}': v for k, v in scalars.items()})
+        train_metrics = None
+      if (eval_every_steps > 0 and step % eval_every_steps == 0) or last:
+        eval_start = time.time()
+        with report_progress.timed('eval'):
+          result = evaluate(p_eval_step, state.params, data.eval, config.eval_batch_size)
+        eval_seconds += time.time() - eval_start
+        writer.write_scalars(step, {f'eval_{k}': v for k, v in result.items()})
+      if step % config.checkpoint_every_steps == 0 or epoch_end or last:
+        checkpoints.save(step, jax_utils.unreplicate(state))
+    writer.flush()
+  # Validation passes are excluded; compilation and checkpoint saves are included.
+  train_seconds = time.time() - train_start - eval_seconds
+
+  results_path = os.path.join(workdir, 'results.json')
+  if start_step >= total_steps and os.path.exists(results_path):
+    logging.info('Run already finished at step %d; results in %s', start_step, results_path)
+    checkpoints.close()
+    with open(results_path) as f:
+      return json.load(f)
+
+  test_start = time.time()
+  test = evaluate(p_eval_step, state.params, data.test, config.eval_batch_size)
+  test_seconds = time.time() - test_start
+  results = {
+      'model': config.model,
+      'dataset': config.dataset,
+      'test_split': config.test_split,
+      'step': total_steps,
+      'epochs': total_steps / steps_per_epoch,
+      'num_params': int(num_params),
+      'test_top1': test['accuracy'],
+      'test_top5': test['top5_accuracy'],
+      'test_loss': test['loss'],
+      'test_examples': test['examples'],
+      'test_wall_time_s': test_seconds,
+      'test_images_per_s': test['examples'] / test_seconds,
+      'resumed_from_step': start_step,
+      'train_wall_time_s': train_seconds,
+      'train_images_per_s': ((total_steps - start_step) * config.batch_size / train_seconds
+                             if start_step < total_steps else None),
+  }
+  writer.write_scalars(total_steps, {f'test_{k}': v for k, v in test.items()})
+  writer.flush()
+  checkpoints.close()
+  if jax.process_index() == 0:
+    _write_json(results_path, results)
+  logging.info('Test: top-1 %.4f, top-5 %.4f on %d examples; results in %s',
+               results['test_top1'], results['test_top5'], results['test_examples'],
+               results_path)
+  return results
