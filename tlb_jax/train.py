@@ -189,6 +189,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0, asynchronous=False)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  if jax.process_index() == 0:
+    _write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+    _write_json(os.path.join(workdir, 'labels.json'), {'class_names': list(data.class_names)})
   if start_step == 0:
     parameter_overview.log_parameter_overview(state.params)
     writer.write_hparams(config_validation.flatten(config))
