@@ -14,6 +14,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 DATASETS = ('cifar10', 'cifar100')
+# Used when a prepared TFDS dir was copied without its label files and TFDS names classes '0'..'9'.
+CIFAR10_CLASS_NAMES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse',
+                       'ship', 'truck')
 
 
 class DataError(Exception):
@@ -85,12 +88,15 @@ def load(config: ml_collections.ConfigDict) -> Dataset:
   """Loads train, eval (validation) and test splits named in the config."""
   builder = get_builder(config)
   label = builder.info.features['label']
+  class_names = tuple(label.names)
+  if config.dataset == 'cifar10' and class_names == tuple(map(str, range(10))):
+    class_names = CIFAR10_CLASS_NAMES
   return Dataset(
       train=load_split(builder, config.train_split),
       eval=load_split(builder, config.eval_split),
       test=load_split(builder, config.test_split),
       num_classes=label.num_classes,
-      class_names=tuple(label.names),
+      class_names=class_names,
   )
 
 
