@@ -26,6 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
       slow_stream_init='zeros',  # seed; 'learned' trains the initial state
       head='fast_last_mean',     # seed; 'slow_mean' pools the final slow stream
       scan_unroll=1,             # chunks per compiled loop iteration
+      remat='dots',              # backward recomputes all but projections ('none', 'full')
   ))
   config.dtype = 'auto'          # bfloat16 on GPU/TPU, float32 on CPU
 
@@ -62,4 +63,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_epochs = 1     # 0: only at the end
   config.checkpoint_every_steps = 500  # and at every epoch end
   config.keep_checkpoints = 3
+
+  # Pictures (workdir/plots/): attention maps of this many test images at the end (TLB; 0: none).
+  config.num_attention_images = 8
   return config

@@ -12,12 +12,16 @@ DTYPES = ('auto', 'float32', 'bfloat16', 'float16')
 LR_SCHEDULES = ('constant', 'warmup_cosine')
 WEIGHT_DECAY_ON = ('all', 'kernels')
 MODEL_CHOICES = {
-    'tlb': {'head': ('slow_mean', 'fast_last_mean'), 'slow_stream_init': ('learned', 'zeros')},
+    'tlb': {'head': ('slow_mean', 'fast_last_mean'), 'slow_stream_init': ('learned', 'zeros'),
+            'remat': ('none', 'dots', 'full')},
+    'perceiver': {},
+    'vit': {},
 }
 POSITIVE_INTS = ('batch_size', 'eval_batch_size', 'image_size', 'resize_size', 'num_epochs',
                  'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints')
 MODEL_POSITIVE_INTS = ('patch_size', 'embed_dim', 'chunk_size', 'num_latents', 'num_layers',
-                       'cross_attention_every', 'num_heads', 'mlp_ratio', 'scan_unroll')
+                       'cross_attention_every', 'num_heads', 'mlp_ratio', 'scan_unroll',
+                       'num_iterations', 'cross_attention_heads')
 
 
 class ConfigError(ValueError):
@@ -82,9 +86,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     if 'chunk_size' in model and num_patches % model.chunk_size:
       raise ConfigError(f'{num_patches} patches ({config.image_size}/{patch} squared) are not '
                         f'divisible by --config.{config.model}.chunk_size={model.chunk_size}')
-  if 'num_heads' in model and 'embed_dim' in model and model.embed_dim % model.num_heads:
-    raise ConfigError(f'--config.{config.model}.embed_dim={model.embed_dim} is not divisible by '
-                      f'--config.{config.model}.num_heads={model.num_heads}')
+  for heads in ('num_heads', 'cross_attention_heads'):
+    if heads in model and 'embed_dim' in model and model.embed_dim % model[heads]:
+      raise ConfigError(f'--config.{config.model}.embed_dim={model.embed_dim} is not divisible '
+                        f'by --config.{config.model}.{heads}={model[heads]}')
 
 
 def check_workdir_writable(workdir: str) -> None:

@@ -63,7 +63,9 @@ def weight_decay_mask(params) -> Any:
   position embeddings or the initial slow stream."""
   def decays(path, param):
     name = jax.tree_util.keystr(path)
-    return param.ndim > 1 and 'position_embedding' not in name and 'initial_' not in name
+    # DenseGeneral biases are (H, Dh) or (3, H, Dh): the name, not ndim, tells them apart.
+    return (param.ndim > 1 and not name.endswith("['bias']")
+            and 'position_embedding' not in name and 'initial_' not in name)
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
@@ -84,7 +86,9 @@ def create_train_state(rng, model, image_size: int,
   init_rng, state_rng = jax.random.split(rng)
   dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
   params = jax.jit(functools.partial(model.init, train=False))(init_rng, dummy)['params']
-  return TrainState.create(apply_fn=model.apply, params=params, tx=tx, rng=state_rng)
+  state = TrainState.create(apply_fn=model.apply, params=params, tx=tx, rng=state_rng)
+  # A strongly typed step: the weakly typed Python 0 would make the second step recompile.
+  return state.replace(step=jnp.zeros((), jnp.int32))
 
 
 def cross_entropy_loss(logits, labels, label_smoothing: float = 0.0):
@@ -144,6 +148,19 @@ def eval_step(params, batch, *, apply_fn, image_size: int):
       top5_correct=top5_correct(logits, batch['label']), mask=batch['mask'])
 
 
+def make_train_step(config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule):
+  """`train_step` with the config's static arguments bound; pmap it over axis 'batch'."""
+  return functools.partial(
+      train_step, learning_rate_fn=learning_rate_fn, resize_size=config.resize_size,
+      image_size=config.image_size, random_flip=config.random_flip,
+      label_smoothing=config.label_smoothing)
+
+
+def make_eval_step(config: ml_collections.ConfigDict, model):
+  """`eval_step` with the model and input size bound; pmap it over axis 'batch'."""
+  return functools.partial(eval_step, apply_fn=model.apply, image_size=config.image_size)
+
+
 def evaluate(p_eval_step, params, split: input_pipeline.Split,
              batch_size: int) -> dict[str, float]:
   """Evaluates replicated `params` on every example of `split` once."""
@@ -201,17 +218,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                start_step)
 
   num_devices = jax.local_device_count()
-  p_train_step = jax.pmap(
-      functools.partial(train_step, learning_rate_fn=learning_rate_fn,
-                        resize_size=config.resize_size, image_size=config.image_size,
-                        random_flip=config.random_flip, label_smoothing=config.label_smoothing),
-      axis_name='batch', donate_argnums=(0,))
-  p_eval_step = jax.pmap(
-      functools.partial(eval_step, apply_fn=model.apply, image_size=config.image_size),
-      axis_name='batch')
+  p_train_step = jax.pmap(make_train_step(config, learning_rate_fn), axis_name='batch',
+                          donate_argnums=(0,))
+  p_eval_step = jax.pmap(make_eval_step(config, model), axis_name='batch')
 
   eval_every_steps = config.eval_every_epochs * steps_per_epoch
-  state = jax_utils.replicate(state)
+  # Replicate onto the pmap's own axis name: the steps' outputs then have the sharding of
+  # their inputs, so the train step is not compiled a second time at step 2.
+  state = jax_utils.replicate(state, axis_name='batch')
   train_start = time.time()
   eval_seconds = 0.0
   if start_step < total_steps:
@@ -279,6 +293,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   checkpoints.close()
   if jax.process_index() == 0:
     _write_json(results_path, results)
+    from tlb_jax import inference  # pylint: disable=g-import-not-at-top  (it imports this module)
+    inference.write_run_plots(config, workdir, model, jax_utils.unreplicate(state.params),
+                              data.test, data.class_names, writer, total_steps)
   logging.info('Test: top-1 %.4f, top-5 %.4f on %d examples; results in %s',
                results['test_top1'], results['test_top5'], results['test_examples'],
                results_path)

@@ -4,9 +4,11 @@ import flax.linen as nn
 import ml_collections
 
 from tlb_jax.models.layers import resolve_dtype
+from tlb_jax.models.perceiver import Perceiver
 from tlb_jax.models.tlb import TLB
+from tlb_jax.models.vit import ViT
 
-MODELS = {'tlb': TLB}
+MODELS = {'tlb': TLB, 'perceiver': Perceiver, 'vit': ViT}
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:

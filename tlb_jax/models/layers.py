@@ -133,3 +133,15 @@ class PatchEmbed(nn.Module):
                           (rows * cols, features))
     x = x + position.astype(self.dtype)
     return nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype, name='norm')(x)
+
+
+def classification_head(tokens, num_classes: int, *, dtype: Dtype, norm: bool = True):
+  """tokens (B, N, D) -> logits (B, num_classes) float32: [LayerNorm] -> mean over N -> Dense.
+
+  Call it inside a model's compact `__call__`: its layers become that model's submodules,
+  named 'head_norm' (only with `norm`) and 'head'.
+  """
+  if norm:
+    tokens = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=dtype, name='head_norm')(tokens)
+  pooled = tokens.mean(axis=1)
+  return nn.Dense(num_classes, dtype=jnp.float32, name='head')(pooled.astype(jnp.float32))

@@ -13,12 +13,19 @@ Shape letters: B batch, N tokens, C chunks, K chunk_size, L num_latents, D embed
 """
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
-from tlb_jax.models.layers import LAYER_NORM_EPSILON, AttentionBlock, Dtype, PatchEmbed
+from tlb_jax.models.layers import AttentionBlock, Dtype, PatchEmbed, classification_head
 
 HEADS = ('slow_mean', 'fast_last_mean')
 SLOW_STREAM_INITS = ('learned', 'zeros')
+# What the backward pass keeps from each chunk's forward pass; the rest is recomputed.
+REMAT_POLICIES = {
+    'full': jax.checkpoint_policies.nothing_saveable,
+    'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+REMAT_CHOICES = ('none',) + tuple(REMAT_POLICIES)
 
 
 class TLBCell(nn.Module):
@@ -84,6 +91,9 @@ class TLB(nn.Module):
       the last chunk's fast stream, the seed).
     dtype: compute dtype; parameters are float32.
     scan_unroll: chunks per iteration of the compiled scan loop.
+    remat: what the backward pass recomputes instead of storing for every chunk: 'none'
+      (store everything), 'dots' (store projection outputs, recompute the rest) or 'full'
+      (store only the carried streams).
   """
 
   num_classes: int
@@ -101,6 +111,7 @@ class TLB(nn.Module):
   head: str = 'slow_mean'
   dtype: Dtype = jnp.float32
   scan_unroll: int = 1
+  remat: str = 'none'
 
   @nn.compact
   def __call__(self, images, *, train: bool, return_intermediates: bool = False):
@@ -136,8 +147,13 @@ class TLB(nn.Module):
                                    (batch, self.num_latents, features))
     carry = (slow_stream, jnp.zeros_like(chunks[0]))
 
+    if self.remat not in REMAT_CHOICES:
+      raise ValueError(f'remat must be one of {REMAT_CHOICES}, got {self.remat!r}')
+    cell = TLBCell
+    if self.remat != 'none':
+      cell = nn.remat(TLBCell, prevent_cse=False, policy=REMAT_POLICIES[self.remat])
     recurrence = nn.scan(
-        TLBCell,
+        cell,
         variable_broadcast='params',
         split_rngs={'params': False, 'dropout': True},
         in_axes=0,
@@ -159,12 +175,9 @@ class TLB(nn.Module):
     )(carry, chunks)
 
     if self.head == 'slow_mean':
-      pooled = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype,
-                            name='head_norm')(slow_stream).mean(axis=1)
+      logits = classification_head(slow_stream, self.num_classes, dtype=self.dtype)
     else:
-      pooled = fast_stream.mean(axis=1)
-    logits = nn.Dense(self.num_classes, dtype=jnp.float32, name='head')(
-        pooled.astype(jnp.float32))
+      logits = classification_head(fast_stream, self.num_classes, dtype=self.dtype, norm=False)
     if not return_intermediates:
       return logits
     return logits, {name: value.swapaxes(0, 1) for name, value in intermediates.items()}

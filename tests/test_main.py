@@ -1,0 +1,233 @@
+"""End-to-end tests of `python main.py` (training mode), and of config validation."""
+
+import glob
+import importlib
+import json
+import os
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from configs import smoke
+from tlb_jax import config_validation
+from tlb_jax.config_validation import ConfigError
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REAL_DATA_DIR = os.path.join(REPO_ROOT, '..', 'shared', 'tfds')
+HAS_REAL_DATA = os.path.isdir(os.path.join(REAL_DATA_DIR, 'cifar10'))
+SMOKE_STEPS = 4096 // 128  # one epoch of the smoke config's training slice
+
+
+def _main(*args, timeout=540):
+  """Runs `python main.py ARGS` in the repository -> CompletedProcess (text)."""
+  return subprocess.run([sys.executable, 'main.py', *args], cwd=REPO_ROOT, capture_output=True,
+                        text=True, timeout=timeout, check=False)
+
+
+def _error_lines(stderr: str) -> list[str]:
+  return [line for line in stderr.splitlines() if line.startswith('error:')]
+
+
+def _describe(process) -> str:
+  return f'exit {process.returncode}; stderr tail:\n{process.stderr[-3000:]}'
+
+
+# ----------------------------------------------------------------------- end to end (smoke)
+
+
+@pytest.fixture(scope='module')
+def smoke_run(tmp_path_factory):
+  """(workdir, first run, re-run) of configs/smoke.py for one epoch on the real CIFAR-10."""
+  if not HAS_REAL_DATA:
+    pytest.skip(f'real CIFAR-10 TFDS data not in {REAL_DATA_DIR}')
+  workdir = str(tmp_path_factory.mktemp('smoke') / 'run')
+  args = ('--config=configs/smoke.py', f'--workdir={workdir}',
+          f'--config.data_dir={REAL_DATA_DIR}', '--config.num_epochs=1')
+  first = _main(*args)
+  assert first.returncode == 0, _describe(first)
+  with open(os.path.join(workdir, 'results.json')) as f:
+    results = f.read()
+  checkpoints = sorted(os.listdir(os.path.join(workdir, 'checkpoints')))
+  rerun = _main(*args)
+  return workdir, {'process': first, 'results': results, 'checkpoints': checkpoints}, rerun
+
+
+def test_smoke_run_writes_checkpoints_events_and_config(smoke_run):
+  """A run leaves Orbax checkpoints (the last at the final step), a TensorBoard events file and
+  the config it ran with."""
+  workdir, first, _ = smoke_run
+  assert str(SMOKE_STEPS) in first['checkpoints']
+  assert os.path.isdir(os.path.join(workdir, 'checkpoints', str(SMOKE_STEPS), 'default'))
+  assert glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))
+  with open(os.path.join(workdir, 'config.json')) as f:
+    config = json.load(f)
+  assert config['num_epochs'] == 1 and config['dataset'] == 'cifar10'
+  assert config['tlb']['embed_dim'] == smoke.get_config().tlb.embed_dim
+
+
+def test_smoke_run_logs_train_eval_and_test_scalars(smoke_run):
+  """The events file holds training, validation and test scalars."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  workdir, _, _ = smoke_run
+  tags = set()
+  for path in glob.glob(os.path.join(workdir, 'events.out.tfevents.*')):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      tags.update(value.tag for value in event.summary.value)
+  assert {'train_loss', 'train_accuracy', 'eval_accuracy', 'test_accuracy'} <= tags
+
+
+def test_smoke_run_results_cover_the_full_test_split(smoke_run):
+  """results.json reports top-1/top-5 in [0, 1] on all 10,000 test images at the last step."""
+  _, first, _ = smoke_run
+  results = json.loads(first['results'])
+  assert results['test_examples'] == 10000
+  assert 0.0 <= results['test_top1'] <= results['test_top5'] <= 1.0
+  assert results['step'] == SMOKE_STEPS
+  assert results['resumed_from_step'] == 0
+  assert results['dataset'] == 'cifar10' and results['model'] == 'tlb'
+
+
+def test_rerun_of_a_finished_run_does_not_retrain(smoke_run):
+  """Running the same command again exits 0, says the run already finished, and leaves the
+  results and checkpoints as they were."""
+  workdir, first, rerun = smoke_run
+  assert rerun.returncode == 0, _describe(rerun)
+  assert 'already finished' in rerun.stderr
+  with open(os.path.join(workdir, 'results.json')) as f:
+    assert f.read() == first['results']
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == first['checkpoints']
+
+
+# -------------------------------------------------------------------------- user errors (CLI)
+
+
+@pytest.mark.parametrize('flag, names', [
+    ('--config.tlb.chunk_size=5', '--config.tlb.chunk_size=5'),
+    ('--config.dataset=mnist', "--config.dataset='mnist'"),
+    ('--config.tlb.dropout_rate=1.5', '--config.tlb.dropout_rate=1.5'),
+    ('--config.dtype=float8', "--config.dtype='float8'"),
+    ('--config.batch_size=127', '--config.batch_size=127'),
+    ('--workdir=/proc/x', '--workdir=/proc/x'),
+], ids=['chunk_size', 'dataset', 'dropout_rate', 'dtype', 'batch_size_vs_devices', 'workdir'])
+def test_invalid_config_exits_2_with_one_error_line_naming_the_field(flag, names, tmp_path):
+  """An invalid value stops main.py with exit code 2 and one `error:` line, no traceback."""
+  args = ['--config=configs/smoke.py', f'--workdir={tmp_path / "run"}', flag]
+  process = _main(*args, timeout=180)
+  assert process.returncode == 2, _describe(process)
+  errors = _error_lines(process.stderr)
+  assert len(errors) == 1, _describe(process)
+  assert names in errors[0]
+  assert 'Traceback' not in process.stderr
+
+
+def test_missing_data_exits_2_with_one_error_line(tmp_path):
+  """An empty --config.data_dir stops main.py with exit code 2 and a one-line error that says
+  how to provide the data."""
+  empty = tmp_path / 'empty_tfds'
+  empty.mkdir()
+  process = _main('--config=configs/smoke.py', f'--workdir={tmp_path / "run"}',
+                  f'--config.data_dir={empty}', timeout=180)
+  assert process.returncode == 2, _describe(process)
+  errors = _error_lines(process.stderr)
+  assert len(errors) == 1, _describe(process)
+  assert str(empty) in errors[0] and errors[0].endswith('--config.data_dir=DIR')
+  assert 'Traceback' not in process.stderr
+
+
+# --------------------------------------------------------------------- config_validation unit
+
+
+def _shipped_config_names():
+  return sorted(os.path.basename(path)[:-3] for path in glob.glob(
+      os.path.join(REPO_ROOT, 'configs', '*.py')) if not path.endswith('__init__.py'))
+
+
+@pytest.mark.parametrize('name', _shipped_config_names())
+@pytest.mark.parametrize('num_devices', [1, 2])
+def test_shipped_configs_are_valid(name, num_devices):
+  """Every config in configs/ passes validation on 1 and 2 devices."""
+  config = importlib.import_module(f'configs.{name}').get_config()
+  config_validation.validate(config, num_devices)
+
+
+def _smoke_with(**overrides):
+  config = smoke.get_config()
+  for path, value in overrides.items():
+    section = config
+    *parents, field = path.split('__')
+    for parent in parents:
+      section = section[parent]
+    section[field] = value
+  return config
+
+
+@pytest.mark.parametrize('overrides, num_devices, message', [
+    (dict(model='resnet'), 1, "--config.model='resnet' is not allowed"),
+    (dict(dataset='mnist'), 1, "--config.dataset='mnist' is not allowed"),
+    (dict(dtype='float8'), 1, "--config.dtype='float8' is not allowed"),
+    (dict(lr_schedule='step'), 1, "--config.lr_schedule='step' is not allowed"),
+    (dict(weight_decay_on='none'), 1, "--config.weight_decay_on='none' is not allowed"),
+    (dict(num_epochs=0), 1, '--config.num_epochs=0 must be a positive integer'),
+    (dict(keep_checkpoints=-1), 1, '--config.keep_checkpoints=-1 must be a positive integer'),
+    (dict(learning_rate=0.0), 1, '--config.learning_rate=0.0 must be positive'),
+    (dict(weight_decay=-0.1), 1, '--config.weight_decay'),
+    (dict(grad_clip_norm=-1.0), 1, '--config.grad_clip_norm'),
+    (dict(label_smoothing=1.0), 1, '--config.label_smoothing=1.0 must be in [0, 1)'),
+    (dict(resize_size=12), 1, '--config.resize_size=12 must be >= --config.image_size=16'),
+    (dict(batch_size=127), 2, '--config.batch_size=127 must be divisible by the 2'),
+    (dict(eval_batch_size=501), 2, '--config.eval_batch_size=501 must be divisible by the 2'),
+    (dict(tlb__head='cls'), 1, "--config.tlb.head='cls' is not allowed"),
+    (dict(tlb__slow_stream_init='random'), 1, "--config.tlb.slow_stream_init='random'"),
+    (dict(tlb__num_layers=0), 1, '--config.tlb.num_layers=0 must be a positive integer'),
+    (dict(tlb__scan_unroll=0), 1, '--config.tlb.scan_unroll=0 must be a positive integer'),
+    (dict(tlb__dropout_rate=1.5), 1, '--config.tlb.dropout_rate=1.5 must be in [0, 1)'),
+    (dict(tlb__attention_dropout_rate=-0.1), 1, '--config.tlb.attention_dropout_rate=-0.1'),
+    (dict(image_size=18, resize_size=20), 1,
+     '--config.image_size=18 is not divisible by --config.tlb.patch_size=4'),
+    (dict(tlb__chunk_size=5), 1, '16 patches (16/4 squared) are not divisible by '
+     '--config.tlb.chunk_size=5'),
+    (dict(tlb__embed_dim=33), 1,
+     '--config.tlb.embed_dim=33 is not divisible by --config.tlb.num_heads=2'),
+], ids=lambda value: None if not isinstance(value, dict) else '-'.join(value))
+def test_validate_rejects_invalid_field_with_one_line_message(overrides, num_devices, message):
+  """Each invalid field is a one-line ConfigError naming the field (and what it must be)."""
+  with pytest.raises(ConfigError) as error:
+    config_validation.validate(_smoke_with(**overrides), num_devices)
+  assert message in str(error.value)
+  assert '\n' not in str(error.value)
+
+
+def test_validate_requires_the_model_section():
+  """config.model needs its hyper-parameter section."""
+  config = smoke.get_config()
+  del config['tlb']
+  with pytest.raises(ConfigError, match='needs a config.tlb section'):
+    config_validation.validate(config)
+
+
+def test_config_error_is_a_value_error():
+  """Callers that catch ValueError also catch ConfigError."""
+  assert issubclass(ConfigError, ValueError)
+
+
+def test_check_workdir_writable_creates_the_workdir(tmp_path):
+  """A missing workdir is created (with its parents)."""
+  workdir = tmp_path / 'a' / 'b'
+  config_validation.check_workdir_writable(str(workdir))
+  assert workdir.is_dir()
+
+
+def test_check_workdir_writable_rejects_unwritable_path():
+  """A workdir that cannot be created is a ConfigError naming it."""
+  with pytest.raises(ConfigError, match='--workdir=/proc/x is not writable'):
+    config_validation.check_workdir_writable('/proc/x')
+
+
+def test_flatten_gives_dotted_scalar_hparams():
+  """Nested fields become dotted keys; values that are not scalars become strings."""
+  config = ml_collections.ConfigDict({'a': 1, 'b': {'c': 'x', 'd': {'e': 2.5}}, 'f': None,
+                                      'g': (1, 2)})
+  assert config_validation.flatten(config) == {'a': 1, 'b.c': 'x', 'b.d.e': 2.5, 'f': 'None',
+                                               'g': '(1, 2)'}

@@ -1,0 +1,232 @@
+"""Tests of inference from a workdir: predict on image files, eval mode, and the CLI's errors."""
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import trained_run
+from tfds_mock import mock_cifar
+from tlb_jax import inference, plots
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory):
+  return trained_run.trained_workdir(tmp_path_factory)
+
+
+@pytest.fixture(scope='module')
+def class_names(workdir):
+  with open(os.path.join(workdir, 'labels.json')) as f:
+    return json.load(f)['class_names']
+
+
+@pytest.fixture(scope='module')
+def files(tmp_path_factory):
+  """Generated images of several sizes and modes, a corrupt PNG and a text file."""
+  folder = tmp_path_factory.mktemp('images')
+  rng = np.random.default_rng(0)
+  pixels = lambda *shape: rng.integers(0, 256, shape, dtype=np.uint8)
+  paths = {}
+  def save(name, image, **kwargs):
+    paths[name] = str(folder / name)
+    image.save(paths[name], **kwargs)
+  save('rgb.png', Image.fromarray(pixels(40, 60, 3)))
+  save('photo.jpg', Image.fromarray(pixels(100, 80, 3)), quality=90)
+  save('gray.png', Image.fromarray(pixels(33, 33)))
+  save('gray.jpg', Image.fromarray(pixels(50, 50)))
+  save('rgba.png', Image.fromarray(pixels(20, 24, 4)))
+  paths['corrupt.png'] = str(folder / 'corrupt.png')
+  with open(paths['corrupt.png'], 'wb') as f:
+    f.write(b'\x89PNG\r\n\x1a\n' + b'not an image' * 10)
+  with open(folder / 'notes.txt', 'w') as f:
+    f.write('not an image')
+  paths['folder'] = str(folder)
+  return paths
+
+
+def predict(workdir, paths, **kwargs):
+  """run_predict -> (failures, stdout lines, stderr lines)."""
+  out, err = io.StringIO(), io.StringIO()
+  failures = inference.run_predict(workdir, paths, out=out, err=err, **kwargs)
+  return failures, out.getvalue().splitlines(), err.getvalue().splitlines()
+
+
+def parse(line):
+  """'path: cat 0.512, dog 0.201, ...' -> (path, [(name, probability), ...])."""
+  path, _, classes = line.rpartition(': ')
+  pairs = [item.rsplit(' ', 1) for item in classes.split(', ')]
+  return path, [(name, float(prob)) for name, prob in pairs]
+
+
+def main_py(*args):
+  """Runs `python main.py ARGS` -> (exit code, stdout, stderr)."""
+  process = subprocess.run([sys.executable, 'main.py', *args], cwd=REPO_ROOT,
+                           capture_output=True, text=True, timeout=600, check=False)
+  return process.returncode, process.stdout, process.stderr
+
+
+# ------------------------------------------------------------------------------------ predict
+
+
+def test_predict_prints_top5_classes_for_png_jpeg_grayscale_and_rgba(workdir, class_names,
+                                                                     files):
+  names = ['rgb.png', 'photo.jpg', 'gray.png', 'gray.jpg', 'rgba.png']
+  failures, out, err = predict(workdir, [files[n] for n in names])
+  assert failures == 0 and err == []
+  assert [parse(line)[0] for line in out] == [files[n] for n in names]
+  for line in out:
+    _, top = parse(line)
+    assert len(top) == 5
+    assert len({name for name, _ in top}) == 5 and {name for name, _ in top} <= set(class_names)
+    probabilities = [p for _, p in top]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert 0 < sum(probabilities) <= 1.0 + 5e-3
+
+
+def test_predict_reports_a_corrupt_file_and_still_predicts_the_others(workdir, files):
+  failures, out, err = predict(workdir, [files['rgb.png'], files['corrupt.png'],
+                                         files['photo.jpg']])
+  assert failures == 1
+  assert [parse(line)[0] for line in out] == [files['rgb.png'], files['photo.jpg']]
+  assert len(err) == 1 and err[0].startswith(f'error: {files["corrupt.png"]}: cannot read image')
+
+
+def test_predict_reports_missing_files_and_folders_without_images(workdir, files, tmp_path):
+  missing = str(tmp_path / 'missing.png')
+  empty = str(tmp_path / 'empty')
+  os.mkdir(empty)
+  failures, out, err = predict(workdir, [missing, empty, files['rgb.png']])
+  assert failures == 2
+  assert [parse(line)[0] for line in out] == [files['rgb.png']]
+  assert err[0] == f'error: {missing}: no such file'
+  assert err[1].startswith(f'error: {empty}: folder has no image files')
+
+
+def test_predict_on_a_folder_reads_its_image_files_in_name_order(workdir, files):
+  failures, out, err = predict(workdir, [files['folder']])
+  assert [parse(line)[0] for line in out] == [
+      files[n] for n in ('gray.jpg', 'gray.png', 'photo.jpg', 'rgb.png', 'rgba.png')]
+  assert failures == 1 and len(err) == 1 and files['corrupt.png'] in err[0]  # notes.txt skipped
+
+
+def test_predict_of_a_png_matches_the_eval_pipeline_on_the_same_pixels(workdir, tmp_path):
+  run = inference.restore(workdir)
+  pixels = np.random.default_rng(1).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
+  path = str(tmp_path / 'cifar_sized.png')
+  Image.fromarray(pixels[0]).save(path)
+  predict_fn = inference.make_predict_fn(run.model, run.config, with_attention=False)
+  from_file = inference.predict(predict_fn, run.params,
+                                inference.load_image(path, run.config.image_size)[None])
+  as_eval = inference.predict(predict_fn, run.params, pixels)  # jax resize in the jitted step
+  np.testing.assert_allclose(from_file['probabilities'], as_eval['probabilities'], atol=1e-2)
+
+
+def test_predict_writes_an_attention_overlay_per_image(workdir, files, tmp_path):
+  overlays = tmp_path / 'overlays'
+  failures, out, _ = predict(workdir, [files['rgb.png'], files['gray.png']],
+                             attention_dir=str(overlays))
+  assert failures == 0 and len(out) == 2
+  assert sorted(os.listdir(overlays)) == ['gray_attention.png', 'rgb_attention.png']
+  for name in os.listdir(overlays):
+    with Image.open(overlays / name) as image:
+      assert image.format == 'PNG' and image.size == plots.attention_grid_size(1)
+
+
+# ------------------------------------------------------------------------------------ images
+
+
+@pytest.mark.parametrize('mode, shape', [('L', (33, 33)), ('RGB', (40, 60, 3)),
+                                         ('RGBA', (20, 24, 4)), ('LA', (9, 9, 2)),
+                                         ('P', (64, 48)), ('I;16', (30, 30)),
+                                         ('CMYK', (17, 17, 4)), ('1', (8, 8))])
+def test_load_image_converts_any_mode_and_size_to_uint8_rgb_at_image_size(tmp_path, mode,
+                                                                          shape):
+  pixels = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+  if mode == 'I;16':
+    image = Image.fromarray(pixels.astype(np.uint16) * 257)
+  elif mode in ('P', '1', 'CMYK'):
+    image = Image.fromarray(pixels).convert(mode)
+  else:
+    image = Image.fromarray(pixels, mode=mode)
+  path = str(tmp_path / ('image.tiff' if mode == 'CMYK' else 'image.png'))
+  image.save(path)
+  array = inference.load_image(path, 16)
+  assert array.shape == (16, 16, 3) and array.dtype == np.uint8
+
+
+def test_load_image_composites_transparency_onto_white(tmp_path):
+  path = str(tmp_path / 'transparent.png')
+  Image.new('RGBA', (10, 10), (0, 0, 0, 0)).save(path)
+  np.testing.assert_array_equal(inference.load_image(path, 8), np.full((8, 8, 3), 255))
+
+
+def test_load_image_scales_16_bit_grayscale_to_8_bits(tmp_path):
+  path = str(tmp_path / 'sixteen.png')
+  Image.fromarray(np.full((4, 4), 65535 // 2, np.uint16)).save(path)
+  assert Image.open(path).mode == 'I;16'
+  np.testing.assert_array_equal(inference.load_image(path, 4), np.full((4, 4, 3), 127))
+
+
+# ------------------------------------------------------------------------------------ eval
+
+
+def test_eval_mode_writes_results_json_for_the_latest_checkpoint(workdir, tmp_path_factory):
+  with open(os.path.join(workdir, 'results.json')) as f:
+    trained = json.load(f)
+  copy = trained_run.copy_of_trained_workdir(tmp_path_factory)
+  os.remove(os.path.join(copy, 'results.json'))
+  with mock_cifar(trained_run.MOCK_EXAMPLES):
+    results = inference.evaluate_checkpoint(copy)
+  with open(os.path.join(copy, 'results.json')) as f:
+    assert json.load(f) == results
+  assert results['step'] == trained['step']
+  assert results['test_examples'] == trained['test_examples'] == trained_run.MOCK_EXAMPLES
+  assert results['test_top1'] == pytest.approx(trained['test_top1'])
+  assert results['test_loss'] == pytest.approx(trained['test_loss'], rel=1e-5)
+  assert 'train_wall_time_s' not in results  # no results.json of that step to keep them from
+
+
+def test_eval_mode_keeps_the_training_fields_of_results_for_the_same_step(tmp_path_factory):
+  copy = trained_run.copy_of_trained_workdir(tmp_path_factory)
+  with open(os.path.join(copy, 'results.json')) as f:
+    trained = json.load(f)
+  with mock_cifar(trained_run.MOCK_EXAMPLES):
+    results = inference.evaluate_checkpoint(copy)
+  assert results['train_wall_time_s'] == trained['train_wall_time_s']
+  assert results['resumed_from_step'] == trained['resumed_from_step']
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+
+def test_predict_cli_prints_predictions_and_per_file_errors_and_exits_1(workdir, files):
+  code, out, err = main_py('--mode=predict', f'--workdir={workdir}',
+                           f'--images={files["gray.png"]},{files["corrupt.png"]},'
+                           f'{files["photo.jpg"]}')
+  assert code == 1, err[-3000:]
+  assert [parse(line)[0] for line in out.splitlines()] == [files['gray.png'], files['photo.jpg']]
+  errors = [line for line in err.splitlines() if line.startswith('error:')]
+  assert len(errors) == 1 and errors[0].startswith(f'error: {files["corrupt.png"]}: ')
+
+
+@pytest.mark.parametrize('kind', ['missing', 'no_checkpoints'])
+def test_unusable_workdir_gives_a_one_line_error_and_exit_2(workdir, files, tmp_path, kind):
+  bad = str(tmp_path / 'run')
+  if kind == 'no_checkpoints':
+    os.mkdir(bad)
+    for name in ('config.json', 'labels.json'):
+      shutil.copy(os.path.join(workdir, name), bad)
+  code, out, err = main_py('--mode=predict', f'--workdir={bad}', f'--images={files["rgb.png"]}')
+  assert code == 2 and out == '', err[-3000:]
+  errors = [line for line in err.splitlines() if line.startswith('error:')]
+  assert len(errors) == 1 and bad in errors[0]
+  assert ('does not exist' if kind == 'missing' else 'has no checkpoint') in errors[0]

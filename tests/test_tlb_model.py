@@ -1,0 +1,232 @@
+"""Tests of the TLB model: shapes, the scan recurrence against a Python loop, causality, dtypes."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import smoke
+from tlb_jax.models import create_model
+from tlb_jax.models.layers import LAYER_NORM_EPSILON, PatchEmbed
+from tlb_jax.models.tlb import TLB, TLBCell
+
+NUM_CLASSES = 10
+# 16x16 images, 4x4 patches -> 16 tokens in 4 chunks of 4; chunk c is image rows 4c..4c+3.
+BASE = dict(num_classes=NUM_CLASSES, patch_size=4, embed_dim=16, chunk_size=4, num_latents=3,
+            num_layers=2, cross_attention_every=1, num_heads=2, mlp_ratio=2,
+            slow_stream_init='learned', head='slow_mean')
+IMAGE_SIZE = 16
+NUM_CHUNKS = 4
+
+
+def _images(batch=2, size=IMAGE_SIZE, seed=0):
+  return jax.random.uniform(jax.random.PRNGKey(seed), (batch, size, size, 3))
+
+
+@functools.lru_cache(maxsize=None)
+def _apply_fn(model, return_intermediates=False):
+  return jax.jit(functools.partial(model.apply, train=False,
+                                   return_intermediates=return_intermediates))
+
+
+@pytest.fixture(scope='module')
+def base():
+  """The base model, its parameters and a batch of two images."""
+  model = TLB(**BASE)
+  images = _images()
+  params = jax.jit(functools.partial(model.init, train=False))(
+      jax.random.PRNGKey(1), images)['params']
+  return model, params, images
+
+
+def _variant_params(params, head, slow_stream_init):
+  """The base parameters restricted to what a model with `head` and `slow_stream_init` has."""
+  params = dict(params)
+  if head != 'slow_mean':
+    del params['head_norm']
+  if slow_stream_init != 'learned':
+    del params['initial_slow_stream']
+  return params
+
+
+def _loop_reference(model, params, images):
+  """Logits and per-chunk slow streams from a plain Python loop over chunks of `TLBCell`."""
+  tokens = PatchEmbed(model.patch_size, model.embed_dim).apply(
+      {'params': params['patch_embed']}, images)
+  batch, num_tokens, features = tokens.shape
+  if model.slow_stream_init == 'learned':
+    initial = params['initial_slow_stream']
+  else:
+    initial = jnp.zeros((model.num_latents, features))
+  slow = jnp.broadcast_to(initial, (batch, model.num_latents, features))
+  fast = jnp.zeros((batch, model.chunk_size, features))
+  cell = TLBCell(num_layers=model.num_layers, cross_attention_every=model.cross_attention_every,
+                 num_heads=model.num_heads, mlp_ratio=model.mlp_ratio, dropout_rate=0.0,
+                 attention_dropout_rate=0.0, dtype=jnp.float32, deterministic=True)
+  slow_streams = []
+  for start in range(0, num_tokens, model.chunk_size):
+    chunk = tokens[:, start:start + model.chunk_size]
+    (slow, fast), _ = cell.apply({'params': params['recurrence']}, (slow, fast), chunk)
+    slow_streams.append(slow)
+  if model.head == 'slow_mean':
+    pooled = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON).apply(
+        {'params': params['head_norm']}, slow).mean(axis=1)
+  else:
+    pooled = fast.mean(axis=1)
+  logits = nn.Dense(model.num_classes).apply({'params': params['head']}, pooled)
+  return logits, jnp.stack(slow_streams, axis=1)
+
+
+@pytest.mark.parametrize('overrides', [
+    dict(),
+    dict(patch_size=2, chunk_size=16, num_latents=5, num_heads=4, head='fast_last_mean'),
+    dict(patch_size=8, chunk_size=1, num_latents=1, num_heads=1, slow_stream_init='zeros'),
+    dict(embed_dim=24, chunk_size=8, num_latents=8, num_heads=3, num_layers=3,
+         cross_attention_every=2, head='fast_last_mean', slow_stream_init='zeros'),
+], ids=['base', 'patch2_chunk16', 'patch8_chunk1', 'heads3_layers3'])
+def test_output_and_intermediate_shapes(overrides):
+  """Logits are (B, classes) float32; intermediates are (B, C, L, D) and (B, C, H, L, K)."""
+  kwargs = {**BASE, **overrides}
+  model = TLB(**kwargs)
+  images = jax.ShapeDtypeStruct((3, IMAGE_SIZE, IMAGE_SIZE, 3), jnp.float32)
+  variables = jax.eval_shape(functools.partial(model.init, train=False),
+                             jax.random.PRNGKey(0), images)
+  logits, intermediates = jax.eval_shape(
+      functools.partial(model.apply, train=False, return_intermediates=True), variables, images)
+  num_chunks = (IMAGE_SIZE // kwargs['patch_size'])**2 // kwargs['chunk_size']
+  latents, dim, heads, chunk = (kwargs['num_latents'], kwargs['embed_dim'], kwargs['num_heads'],
+                                kwargs['chunk_size'])
+  assert logits.shape == (3, NUM_CLASSES) and logits.dtype == jnp.float32
+  assert intermediates['slow_stream'].shape == (3, num_chunks, latents, dim)
+  assert intermediates['attention'].shape == (3, num_chunks, heads, latents, chunk)
+  plain = jax.eval_shape(functools.partial(model.apply, train=False), variables, images)
+  assert plain.shape == (3, NUM_CLASSES)
+
+
+@pytest.mark.parametrize('slow_stream_init, has_param', [('learned', True), ('zeros', False)])
+def test_learned_initial_slow_stream_is_a_parameter_only_when_learned(slow_stream_init,
+                                                                      has_param):
+  """'learned' adds an (L, D) initial state parameter, 'zeros' does not."""
+  model = TLB(**{**BASE, 'slow_stream_init': slow_stream_init})
+  params = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
+                          jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3)))['params']
+  assert ('initial_slow_stream' in params) == has_param
+  if has_param:
+    assert params['initial_slow_stream'].shape == (BASE['num_latents'], BASE['embed_dim'])
+
+
+def test_attention_rows_are_distributions(base):
+  """Each latent's attention over the chunk's tokens is non-negative and sums to 1."""
+  model, params, images = base
+  _, intermediates = _apply_fn(model, True)({'params': params}, images)
+  attention = np.asarray(intermediates['attention'])
+  assert attention.shape == (2, NUM_CHUNKS, BASE['num_heads'], BASE['num_latents'],
+                             BASE['chunk_size'])
+  assert (attention >= 0).all()
+  np.testing.assert_allclose(attention.sum(-1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize('head, slow_stream_init',
+                         [('slow_mean', 'learned'), ('fast_last_mean', 'zeros')])
+def test_scan_equals_python_loop_over_chunks(base, head, slow_stream_init):
+  """nn.scan over chunks gives the logits and slow streams of a Python loop of TLBCell."""
+  base_model, base_params, images = base
+  model = base_model.clone(head=head, slow_stream_init=slow_stream_init)
+  params = _variant_params(base_params, head, slow_stream_init)
+  logits, intermediates = _apply_fn(model, True)({'params': params}, images)
+  expected_logits, expected_slow = jax.jit(functools.partial(_loop_reference, model))(
+      params, images)
+  np.testing.assert_allclose(intermediates['slow_stream'], expected_slow, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(logits, expected_logits, rtol=1e-5, atol=1e-5)
+  # The comparison is not vacuous: the two images give different logits.
+  assert np.abs(np.asarray(logits[0] - logits[1])).max() > 1e-3
+
+
+def test_later_chunk_does_not_change_earlier_slow_states(base):
+  """Changing the pixels of chunk 2 leaves the slow states after chunks 0, 1 unchanged and
+  changes those after chunks 2, 3."""
+  model, params, images = base
+  changed = images[0].at[8:12].set(1.0 - images[0, 8:12])  # rows 8..11 = chunk 2 only
+  pair = jnp.stack([images[0], changed])
+  _, intermediates = _apply_fn(model, True)({'params': params}, pair)
+  slow = np.asarray(intermediates['slow_stream'])
+  np.testing.assert_allclose(slow[0, :2], slow[1, :2], rtol=0, atol=1e-6)
+  for chunk in (2, 3):
+    assert np.abs(slow[0, chunk] - slow[1, chunk]).max() > 1e-3
+
+
+@pytest.mark.parametrize('unroll', [2, 3])
+def test_scan_unroll_does_not_change_logits(base, unroll):
+  """Unrolling the chunk loop (evenly or not) gives the logits of unroll=1."""
+  model, params, images = base
+  expected = _apply_fn(model)({'params': params}, images)
+  unrolled = _apply_fn(model.clone(scan_unroll=unroll))({'params': params}, images)
+  np.testing.assert_allclose(unrolled, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits(base):
+  """dtype=bfloat16 creates float32 parameters, computes in bfloat16, returns float32 logits
+  close to the float32 model's."""
+  model, params, images = base
+  bf16 = model.clone(dtype=jnp.bfloat16)
+  abstract = jax.eval_shape(functools.partial(bf16.init, train=False), jax.random.PRNGKey(0),
+                            images)['params']
+  assert {leaf.dtype for leaf in jax.tree.leaves(abstract)} == {jnp.dtype(jnp.float32)}
+  logits, intermediates = _apply_fn(bf16, True)({'params': params}, images)
+  assert logits.dtype == jnp.float32
+  assert intermediates['slow_stream'].dtype == jnp.bfloat16
+  expected = _apply_fn(model)({'params': params}, images)
+  np.testing.assert_allclose(logits, expected, atol=0.1)
+
+
+def test_dropout_is_active_only_in_training(base):
+  """With dropout, train=True depends on the dropout rng; train=False ignores it and is the
+  deterministic forward pass."""
+  model, params, images = base
+  dropout_model = model.clone(dropout_rate=0.5, attention_dropout_rate=0.5)
+  train_apply = jax.jit(functools.partial(dropout_model.apply, train=True))
+  first = train_apply({'params': params}, images, rngs={'dropout': jax.random.PRNGKey(0)})
+  second = train_apply({'params': params}, images, rngs={'dropout': jax.random.PRNGKey(1)})
+  assert np.abs(np.asarray(first - second)).max() > 1e-3
+  evaluated = _apply_fn(dropout_model)({'params': params}, images)
+  np.testing.assert_allclose(evaluated, _apply_fn(model)({'params': params}, images),
+                             rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize('size, overrides, message', [
+    (18, dict(), 'image size 18x18 is not divisible by patch_size 4'),
+    (16, dict(chunk_size=3), '16 patches are not divisible by chunk_size 3'),
+    (16, dict(patch_size=5), 'not divisible by patch_size 5'),
+    (16, dict(head='cls'), "head must be one of .* got 'cls'"),
+    (16, dict(slow_stream_init='random'), "slow_stream_init must be one of .* got 'random'"),
+])
+def test_invalid_sizes_and_choices_raise_value_error(size, overrides, message):
+  """Sizes that do not divide, and unknown options, raise ValueError naming the problem."""
+  model = TLB(**{**BASE, **overrides})
+  with pytest.raises(ValueError, match=message):
+    jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
+                   jnp.zeros((1, size, size, 3)))
+
+
+def test_create_model_uses_config_section_and_dtype():
+  """create_model builds config.model with config.tlb's fields; dtype 'auto' is float32 on CPU."""
+  config = smoke.get_config()
+  model = create_model(config, num_classes=100)
+  assert isinstance(model, TLB)
+  assert model.num_classes == 100
+  for field, value in config.tlb.items():
+    assert getattr(model, field) == value
+  assert model.dtype == jnp.float32
+  config.dtype = 'bfloat16'
+  assert create_model(config, num_classes=10).dtype == jnp.bfloat16
+
+
+def test_create_model_rejects_unknown_model():
+  """An unknown config.model is a ValueError naming it."""
+  config = smoke.get_config()
+  config.model = 'no_such_model'
+  with pytest.raises(ValueError, match="got 'no_such_model'"):
+    create_model(config, num_classes=10)

@@ -1,0 +1,216 @@
+"""Throughput of the real train and eval steps, against this machine's measured matmul peak.
+
+  python -m tlb_jax.benchmark --config=configs/cifar10_seed.py --config.batch_size=256
+  python -m tlb_jax.benchmark --config=configs/cifar10_seed.py --sweep   # tokens sweep, tlb vs vit
+
+Times the pmapped `train.train_step` (augmentation included) and `train.eval_step` on random
+uint8 batches: warm-up calls excluded, the median of `--repeats` calls reported. FLOPs come
+from XLA's cost analysis of the same step lowered with the chunk scan fully unrolled and
+without remat (XLA counts a while-loop body once), so they are the model's FLOPs and
+recomputation counts as overhead. The peak is a large f32 / bf16 matmul timed in the same run.
+"""
+
+import copy
+import json
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags
+from flax import jax_utils
+from ml_collections import config_flags
+
+from tlb_jax import config_validation, train
+from tlb_jax.models import create_model, layers
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', 'configs/cifar10_seed.py', 'Config to benchmark.',
+                                lock_config=False)
+flags.DEFINE_integer('repeats', 10, 'Timed calls per measurement (the median is reported).')
+flags.DEFINE_integer('warmup', 2, 'Untimed calls before timing (the first one compiles).')
+flags.DEFINE_integer('num_classes', 10, 'Logits of the benchmarked model.')
+flags.DEFINE_bool('sweep', False, 'Sweep the number of tokens for tlb and vit instead.')
+flags.DEFINE_list('sweep_image_sizes', ['32', '48', '96', '144', '192'],
+                  'Image sizes for --sweep (tokens = (size / patch_size) ** 2).')
+flags.DEFINE_integer('sweep_batch_size', 32, 'Global batch size for --sweep.')
+flags.DEFINE_list('sweep_models', ['tlb', 'vit'], 'Models for --sweep, at the width/depth of '
+                  'the config\'s TLB.')
+flags.DEFINE_string('output', None, 'Write the results as JSON here.')
+
+
+def median_seconds(fn, repeats: int, warmup: int) -> float:
+  """Median wall time of `fn()` (which must block until its result is ready)."""
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def matmul_peak(dtype, size: int = 2048, repeats: int = 10) -> float:
+  """Measured GFLOP/s of a (size x size) @ (size x size) matmul in `dtype`."""
+  a = jnp.ones((size, size), dtype)
+  matmul = jax.jit(lambda x: x @ x)
+  seconds = median_seconds(lambda: matmul(a).block_until_ready(), repeats, warmup=2)
+  return 2 * size**3 / seconds / 1e9
+
+
+def unrolled(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The same model with the chunk scan fully unrolled and no remat, for FLOP counting."""
+  config = copy.deepcopy(config)
+  model = config[config.model]
+  if 'scan_unroll' in model:
+    model.scan_unroll = 1 << 20  # clamped to the number of chunks
+  if 'remat' in model:
+    model.remat = False
+  return config
+
+
+def _synthetic_batch(config, batch_size: int, num_classes: int, mask: bool):
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.integers(0, 256, (batch_size, 32, 32, 3), dtype=np.uint8),
+           'label': rng.integers(0, num_classes, (batch_size,)).astype(np.int32)}
+  if mask:
+    batch['mask'] = np.ones((batch_size,), bool)
+  return batch
+
+
+def _steps(config, num_classes: int):
+  model = create_model(config, num_classes)
+  learning_rate_fn = train.create_learning_rate_fn(config, 100, 1000)
+  state = train.create_train_state(jax.random.PRNGKey(0), model, config.image_size,
+                                   train.create_optimizer(config, learning_rate_fn))
+  return state, train.make_train_step(config, learning_rate_fn), train.make_eval_step(config,
+                                                                                   model)
+
+
+def step_gflops(config, batch_size: int, num_classes: int) -> dict[str, float]:
+  """GFLOPs of one train step and one eval step on `batch_size` images (XLA cost analysis)."""
+  state, train_step, eval_step = _steps(unrolled(config), num_classes)
+  # vmap over a size-1 axis named 'batch' gives the collectives their axis without pmap.
+  one = lambda tree: jax.tree.map(lambda x: jnp.asarray(x)[None], tree)
+  train_batch = one(_synthetic_batch(config, batch_size, num_classes, mask=False))
+  eval_batch = one(_synthetic_batch(config, batch_size, num_classes, mask=True))
+  lowered_train = jax.jit(jax.vmap(train_step, axis_name='batch')).lower(one(state), train_batch)
+  lowered_eval = jax.jit(jax.vmap(eval_step, axis_name='batch')).lower(one(state.params),
+                                                                     eval_batch)
+  flops = lambda lowered: lowered.cost_analysis()['flops'] / 1e9
+  return {'train': flops(lowered_train), 'eval': flops(lowered_eval)}
+
+
+def measure(config, num_classes: int, repeats: int, warmup: int) -> dict[str, dict]:
+  """Times the pmapped train and eval steps at `config.batch_size` (global)."""
+  devices = jax.local_device_count()
+  state, train_step, eval_step = _steps(config, num_classes)
+  p_train = jax.pmap(train_step, axis_name='batch', donate_argnums=(0,))
+  p_eval = jax.pmap(eval_step, axis_name='batch')
+  shard = lambda b: {k: v.reshape((devices, -1) + v.shape[1:]) for k, v in b.items()}
+  train_batch = shard(_synthetic_batch(config, config.batch_size, num_classes, mask=False))
+  eval_batch = shard(_synthetic_batch(config, config.batch_size, num_classes, mask=True))
+  replicated = {'state': jax_utils.replicate(state)}
+
+  def run_train():
+    replicated['state'], step_metrics = p_train(replicated['state'], train_batch)
+    jax.block_until_ready((replicated['state'], step_metrics))
+
+  def run_eval():
+    jax.block_until_ready(p_eval(replicated['state'].params, eval_batch))
+
+  results = {}
+  for name, fn in (('train', run_train), ('eval', run_eval)):
+    seconds = median_seconds(fn, repeats, warmup)
+    results[name] = {'ms_per_step': seconds * 1e3,
+                     'images_per_s': config.batch_size / seconds}
+  return results
+
+
+def benchmark(config, num_classes: int, repeats: int, warmup: int) -> dict:
+  """The full table for one config: peaks, step times, FLOPs and the fraction of peak."""
+  config_validation.validate(config, jax.local_device_count())
+  compute_dtype = np.dtype(layers.resolve_dtype(config.dtype)).name
+  peaks = {'float32': matmul_peak(jnp.float32), 'bfloat16': matmul_peak(jnp.bfloat16)}
+  gflops = step_gflops(config, config.batch_size, num_classes)
+  timings = measure(config, num_classes, repeats, warmup)
+  peak = peaks.get(compute_dtype, peaks['float32'])
+  for name, row in timings.items():
+    row['gflop_per_image'] = gflops[name] / config.batch_size
+    row['gflop_per_s'] = gflops[name] / (row['ms_per_step'] / 1e3)
+    row['peak_fraction'] = row['gflop_per_s'] / peak
+    row['compute_limit_images_per_s'] = peak / row['gflop_per_image']
+  return {
+      'device': str(jax.devices()[0].device_kind), 'backend': jax.default_backend(),
+      'local_devices': jax.local_device_count(), 'model': config.model,
+      'batch_size': config.batch_size, 'compute_dtype': compute_dtype,
+      'matmul_peak_gflop_per_s': peaks, **timings,
+  }
+
+
+def sweep(config, num_classes: int, image_sizes, batch_size: int, models, repeats: int,
+          warmup: int) -> list[dict]:
+  """Train-step throughput against sequence length for each model at the TLB's width/depth."""
+  base = config[config.model]
+  rows = []
+  for model_name in models:
+    for size in image_sizes:
+      c = copy.deepcopy(config)
+      c.unlock()
+      c.model = model_name
+      if model_name == 'vit':
+        c.vit = ml_collections.ConfigDict({k: base[k] for k in (
+            'patch_size', 'embed_dim', 'num_layers', 'num_heads', 'mlp_ratio', 'dropout_rate',
+            'attention_dropout_rate')})
+      c.image_size = c.resize_size = size
+      c.batch_size = c.eval_batch_size = batch_size
+      tokens = (size // base.patch_size) ** 2
+      timing = measure(c, num_classes, repeats, warmup)['train']
+      row = {'model': model_name, 'image_size': size, 'tokens': tokens, **timing,
+             'us_per_token': timing['ms_per_step'] * 1e3 / (batch_size * tokens)}
+      rows.append(row)
+      print(f"{model_name:4s} {size:4d}px {tokens:5d} tokens  {row['images_per_s']:9.1f} img/s  "
+            f"{row['us_per_token']:8.3f} us/token", flush=True)
+  return rows
+
+
+def format_table(result: dict) -> str:
+  lines = [f"{result['model']} on {result['device']} ({result['backend']}, "
+           f"{result['local_devices']} devices), batch {result['batch_size']}, "
+           f"{result['compute_dtype']}; matmul peak f32 "
+           f"{result['matmul_peak_gflop_per_s']['float32']:.0f} GFLOP/s, bf16 "
+           f"{result['matmul_peak_gflop_per_s']['bfloat16']:.0f} GFLOP/s",
+           '| step | images/s | ms/step | GFLOP/image | GFLOP/s | of peak | compute limit img/s |',
+           '| --- | --- | --- | --- | --- | --- | --- |']
+  for name in ('train', 'eval'):
+    r = result[name]
+    lines.append(f"| {name} | {r['images_per_s']:.0f} | {r['ms_per_step']:.1f} | "
+                 f"{r['gflop_per_image']:.3f} | {r['gflop_per_s']:.0f} | "
+                 f"{100 * r['peak_fraction']:.0f}% | {r['compute_limit_images_per_s']:.0f} |")
+  return '\n'.join(lines)
+
+
+def main(argv):
+  del argv
+  config = FLAGS.config
+  if FLAGS.sweep:
+    result = {'sweep': sweep(config, FLAGS.num_classes, [int(s) for s in FLAGS.sweep_image_sizes],
+                             FLAGS.sweep_batch_size, FLAGS.sweep_models, FLAGS.repeats,
+                             FLAGS.warmup)}
+  else:
+    try:
+      result = benchmark(config, FLAGS.num_classes, FLAGS.repeats, FLAGS.warmup)
+    except config_validation.ConfigError as e:
+      print(f'error: {e}', file=sys.stderr)
+      sys.exit(2)
+    print(format_table(result))
+  if FLAGS.output:
+    with open(FLAGS.output, 'w') as f:
+      json.dump(result, f, indent=2)
+
+
+if __name__ == '__main__':
+  app.run(main)

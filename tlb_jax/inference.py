@@ -1,0 +1,481 @@
+"""Inference from a trained workdir: restore, predict on image files, evaluate, draw the plots.
+
+A workdir holds everything needed: `config.json` (the run's config), `labels.json` (class
+names) and `checkpoints/` (the train state). Predictions and attention maps come from one
+jitted `predict_step`, which preprocesses exactly as `train.eval_step` does and applies the same
+model (with `return_intermediates=True` for the TLB's attention).
+
+Image files are read with Pillow: EXIF rotation applied, 16-bit and float greyscale scaled to
+8 bits, transparency composited onto white, greyscale/palette/CMYK converted to RGB, then the
+whole image resized (not cropped; the aspect ratio is not kept) straight to the model's
+`config.image_size` with antialiased bilinear filtering, the host-side equivalent of the
+`jax.image.resize` that eval applies to the 32x32 uint8 CIFAR images. The result is uint8, as a
+test batch is, and goes through the same `augment.eval_preprocess` in the jitted step.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import IO, Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers
+from flax import jax_utils
+from PIL import Image, ImageOps
+
+from tlb_jax import (augment, checkpointing, config_validation, input_pipeline, plots,
+                     train)
+from tlb_jax.models import create_model
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm',
+                    '.pgm')
+PREDICT_BATCH = 32  # images per compiled predict call (the last batch is padded)
+TOP_K = 5
+DEFAULT_ATTENTION_IMAGES = 8  # for workdirs whose config.json predates num_attention_images
+
+
+class InferenceError(Exception):
+  """The workdir cannot be used; the message says why and what to do."""
+
+
+class ImageError(Exception):
+  """One image file cannot be read; the others are still processed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """A restored training run."""
+
+  config: ml_collections.ConfigDict
+  class_names: tuple[str, ...]
+  model: Any
+  params: Any  # on one device
+  step: int
+
+
+# ----------------------------------------------------------------------------- restoring
+
+
+def plots_dir(workdir: str) -> str:
+  return os.path.join(workdir, 'plots')
+
+
+def has_attention(config: ml_collections.ConfigDict) -> bool:
+  """Attention maps are the TLB's slow-stream attention; other models have none."""
+  return config.model == 'tlb'
+
+
+def _read_json(workdir: str, name: str, what: str) -> Any:
+  path = os.path.join(workdir, name)
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    raise InferenceError(f'{path} is missing ({what}); is --workdir={workdir} a tlb-jax '
+                         'training workdir?') from None
+  except (OSError, ValueError) as e:
+    raise InferenceError(f'cannot read {path}: {e}') from None
+
+
+def check_workdir(workdir: str) -> None:
+  if not os.path.isdir(workdir):
+    raise InferenceError(f'--workdir={workdir} does not exist; pass the workdir of a training run')
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a workdir was trained with (`config.json`)."""
+  check_workdir(workdir)
+  return ml_collections.ConfigDict(_read_json(workdir, 'config.json', 'the run\'s config'))
+
+
+def load_class_names(workdir: str) -> tuple[str, ...]:
+  names = _read_json(workdir, 'labels.json', 'the class names').get('class_names')
+  if not names:
+    raise InferenceError(f'{os.path.join(workdir, "labels.json")} has no class_names')
+  return tuple(names)
+
+
+def restore(workdir: str, config: ml_collections.ConfigDict | None = None) -> Run:
+  """Restores the latest readable checkpoint of `workdir`.
+
+  Args:
+    workdir: a training workdir.
+    config: the run's config; by default the workdir's config.json. A config passed here must
+      describe the same model (it may change data or batch fields).
+
+  Raises:
+    InferenceError: no workdir, no config.json/labels.json, or no readable checkpoint.
+  """
+  check_workdir(workdir)
+  config = config if config is not None else load_config(workdir)
+  class_names = load_class_names(workdir)
+  checkpoint_dir = os.path.join(workdir, 'checkpoints')
+  train_hint = f'train first: python main.py --config=... --workdir={workdir}'
+  if not os.path.isdir(checkpoint_dir) or not os.listdir(checkpoint_dir):
+    raise InferenceError(f'{workdir} has no checkpoint; {train_hint}')
+  try:
+    model = create_model(config, len(class_names))
+  except ValueError as e:
+    raise InferenceError(f'cannot build the model of {workdir}: {e}') from None
+  # Only the state's structure, shapes and dtypes matter for a restore; any schedule will do.
+  tx = train.create_optimizer(config, optax.constant_schedule(config.learning_rate))
+  template = jax.eval_shape(
+      lambda rng: train.create_train_state(rng, model, config.image_size, tx),
+      jax.random.PRNGKey(0))
+  checkpoints = checkpointing.Checkpoints(workdir, config)
+  try:
+    if checkpoints.manager.latest_step() is None:
+      raise InferenceError(f'{workdir} has no checkpoint; {train_hint}')
+    state = checkpoints.restore_latest(template)
+  finally:
+    checkpoints.close()
+  if state is template:
+    raise InferenceError(f'no checkpoint in {checkpoint_dir} could be restored into '
+                         f'{config.model} (see the warnings above); was it trained with this '
+                         'config?')
+  return Run(config=config, class_names=class_names, model=model, params=state.params,
+             step=int(state.step))
+
+
+# ----------------------------------------------------------------------------- prediction
+
+
+def predict_step(params, images, *, apply_fn, image_size: int, with_attention: bool):
+  """Class probabilities of uint8 images, preprocessed as `train.eval_step` does.
+
+  Returns:
+    {'probabilities': (B, num_classes) float32, 'images': (B, S, S, 3) float32 in [0, 1] as the
+     model saw them, and with `with_attention` 'attention': (B, C, H, L, K), the TLB's
+     slow-stream attention over each chunk's tokens}.
+  """
+  images = augment.eval_preprocess(images, image_size=image_size)
+  variables = {'params': params}
+  outputs = {'images': images}
+  if with_attention:
+    logits, intermediates = apply_fn(variables, images, train=False, return_intermediates=True)
+    outputs['attention'] = intermediates['attention'].astype(jnp.float32)
+  else:
+    logits = apply_fn(variables, images, train=False)
+  outputs['probabilities'] = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  return outputs
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'image_size', 'with_attention'))
+def _jitted_predict_step(params, images, *, model, image_size: int, with_attention: bool):
+  # The model is a static argument: equal models (same class and fields) share compilations.
+  return predict_step(params, images, apply_fn=model.apply, image_size=image_size,
+                      with_attention=with_attention)
+
+
+def make_predict_fn(model, config: ml_collections.ConfigDict, with_attention: bool):
+  """jit(predict_step) for `model`: fn(params, uint8 images (B, h, w, 3)) -> dict."""
+  return functools.partial(_jitted_predict_step, model=model, image_size=config.image_size,
+                           with_attention=with_attention)
+
+
+def predict(predict_fn, params, images: np.ndarray) -> dict[str, np.ndarray]:
+  """Runs `predict_fn` over `images` in fixed-size batches (one compilation) -> host arrays."""
+  results = []
+  for start in range(0, len(images), PREDICT_BATCH):
+    batch = images[start:start + PREDICT_BATCH]
+    padding = PREDICT_BATCH - len(batch)
+    if padding:
+      batch = np.concatenate([batch, np.zeros((padding,) + batch.shape[1:], batch.dtype)])
+    outputs = jax.device_get(predict_fn(params, batch))
+    results.append({k: v[:PREDICT_BATCH - padding] for k, v in outputs.items()})
+  return {k: np.concatenate([r[k] for r in results]) for k in results[0]}
+
+
+def upsampled_attention(config: ml_collections.ConfigDict, attention: np.ndarray) -> np.ndarray:
+  """(B, C, H, L, K) TLB attention -> (B, image_size, image_size) per-pixel maps."""
+  side = config.image_size // config.tlb.patch_size
+  maps = plots.attention_maps(attention, (side, side))
+  return plots.upsample(maps, (config.image_size, config.image_size))
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+  """Any Pillow mode -> 8-bit RGB; transparency is composited onto white."""
+  if image.mode.startswith('I;16') or image.mode in ('I', 'F'):
+    array = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith('I;16') or (image.mode == 'I' and array.max() > 255):
+      array = array / 257.0
+    elif image.mode == 'F' and array.max() <= 1.0:
+      array = array * 255.0
+    image = Image.fromarray(np.clip(np.round(array), 0, 255).astype(np.uint8))
+  if image.mode == 'P':
+    image = image.convert('RGBA' if 'transparency' in image.info else 'RGB')
+  if image.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La'):
+    rgba = image.convert('RGBA')
+    image = Image.alpha_composite(Image.new('RGBA', rgba.size, (255, 255, 255, 255)), rgba)
+  return image.convert('RGB')
+
+
+def load_image(path: str, image_size: int) -> np.ndarray:
+  """Reads any image file -> uint8 (image_size, image_size, 3) (see the module docstring).
+
+  Raises:
+    ImageError: the file is missing or is not a readable image.
+  """
+  if not os.path.exists(path):
+    raise ImageError('no such file')
+  if os.path.isdir(path):
+    raise ImageError('is a directory')
+  try:
+    with Image.open(path) as image:
+      image.load()
+      image = _to_rgb(ImageOps.exif_transpose(image))
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+    raise ImageError(f'cannot read image ({reason})') from None
+  image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+  return np.asarray(image, dtype=np.uint8)
+
+
+def expand_paths(paths: Sequence[str]) -> list[tuple[str, str | None]]:
+  """Files and folders -> [(path, error or None)]; a folder gives its image files (by
+  extension, sorted, not recursive) or an error if it has none."""
+  items = []
+  for path in paths:
+    if os.path.isdir(path):
+      names = sorted(n for n in os.listdir(path) if not n.startswith('.') and
+                     n.lower().endswith(IMAGE_EXTENSIONS) and
+                     os.path.isfile(os.path.join(path, n)))
+      if not names:
+        items.append((path, f'folder has no image files ({", ".join(IMAGE_EXTENSIONS)})'))
+      items.extend((os.path.join(path, n), None) for n in names)
+    else:
+      items.append((path, None))
+  return items
+
+
+def format_prediction(path: str, probabilities: np.ndarray, class_names: Sequence[str]) -> str:
+  """'path: cat 0.612, dog 0.201, ...', the top-5 classes by probability."""
+  top = np.argsort(-probabilities, kind='stable')[:TOP_K]
+  return f'{path}: ' + ', '.join(f'{class_names[i]} {probabilities[i]:.3f}' for i in top)
+
+
+def _overlay_path(attention_dir: str, path: str, used: set[str]) -> str:
+  stem = os.path.splitext(os.path.basename(path))[0] or 'image'
+  name, n = f'{stem}_attention.png', 1
+  while name in used:
+    n += 1
+    name = f'{stem}_{n}_attention.png'
+  used.add(name)
+  return os.path.join(attention_dir, name)
+
+
+def run_predict(workdir: str, paths: Sequence[str], attention_dir: str | None = None,
+                config: ml_collections.ConfigDict | None = None, out: IO[str] | None = None,
+                err: IO[str] | None = None) -> int:
+  """Prints the top-5 classes of every image to `out`, one line each, in order; an image that
+  cannot be read prints `error: PATH: reason` to `err` instead.
+
+  Args:
+    workdir: a training workdir; its latest checkpoint is used.
+    paths: image files and/or folders of images.
+    attention_dir: if set, writes each image's attention overlay there (TLB only).
+    config: overrides the workdir's config.json (see `restore`).
+
+  Returns:
+    The number of images (or folders) that failed.
+
+  Raises:
+    InferenceError: the workdir cannot be used (nothing is predicted).
+  """
+  out = out if out is not None else sys.stdout
+  err = err if err is not None else sys.stderr
+  if not paths:
+    raise InferenceError('--images is empty; pass image files and/or folders, comma-separated')
+  run = restore(workdir, config)
+  with_attention = attention_dir is not None
+  if with_attention and not has_attention(run.config):
+    raise InferenceError(f'--attention_dir needs a TLB; this run is config.model='
+                         f'{run.config.model!r}')
+  logging.info('Predicting with %s at step %d from %s', run.config.model, run.step, workdir)
+
+  items = []  # (path, error, index into the batch)
+  images = []
+  for path, error in expand_paths(paths):
+    if error is None:
+      try:
+        images.append(load_image(path, run.config.image_size))
+      except ImageError as e:
+        error = str(e)
+    items.append((path, error, len(images) - 1 if error is None else None))
+
+  outputs = {}
+  if images:
+    predict_fn = make_predict_fn(run.model, run.config, with_attention)
+    outputs = predict(predict_fn, run.params, np.stack(images))
+  maps = None
+  if with_attention and images:
+    maps = upsampled_attention(run.config, outputs['attention'])
+
+  failures, used = 0, set()
+  for path, error, index in items:
+    if error is not None:
+      failures += 1
+      print(f'error: {path}: {error}', file=err, flush=True)
+      continue
+    probabilities = outputs['probabilities'][index]
+    print(format_prediction(path, probabilities, run.class_names), file=out, flush=True)
+    if maps is not None:
+      best = int(np.argmax(probabilities))
+      titles, _ = plots.attention_titles(None, [run.class_names[best]], [probabilities[best]])
+      picture = plots.plot_attention_grid(outputs['images'][index:index + 1],
+                                          maps[index:index + 1], titles)
+      plots.save_png(picture, _overlay_path(attention_dir, path, used))
+  if maps is not None and used:
+    logging.info('Wrote %d attention overlays to %s', len(used), attention_dir)
+  return failures
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate_checkpoint(workdir: str,
+                        config: ml_collections.ConfigDict | None = None) -> dict[str, Any]:
+  """Tests the latest checkpoint on `config.test_split` and writes `workdir/results.json`.
+
+  Uses the trainer's `eval_step` and `evaluate`. Training fields of an existing results.json
+  (wall times, resume step) are kept if it was written for the same step.
+
+  Returns:
+    The contents of results.json.
+  """
+  run = restore(workdir, config)
+  config = run.config
+  config_validation.validate(config, jax.local_device_count())
+  builder = input_pipeline.get_builder(config)
+  if builder.info.features['label'].num_classes != len(run.class_names):
+    raise InferenceError(f'{config.dataset} has {builder.info.features["label"].num_classes} '
+                         f'classes but {workdir} was trained on {len(run.class_names)}')
+  test = input_pipeline.load_split(builder, config.test_split)
+  p_eval_step = jax.pmap(
+      functools.partial(train.eval_step, apply_fn=run.model.apply, image_size=config.image_size),
+      axis_name='batch')
+  start = time.time()
+  metrics = train.evaluate(p_eval_step, jax_utils.replicate(run.params), test,
+                           config.eval_batch_size)
+  seconds = time.time() - start
+  try:
+    steps_per_epoch = builder.info.splits[config.train_split].num_examples // config.batch_size
+  except (KeyError, ValueError, AssertionError):
+    steps_per_epoch = 0
+  results = {
+      'model': config.model,
+      'dataset': config.dataset,
+      'test_split': config.test_split,
+      'step': run.step,
+      'epochs': run.step / steps_per_epoch if steps_per_epoch else None,
+      'num_params': int(sum(x.size for x in jax.tree.leaves(run.params))),
+      'test_top1': metrics['accuracy'],
+      'test_top5': metrics['top5_accuracy'],
+      'test_loss': metrics['loss'],
+      'test_examples': metrics['examples'],
+      'test_wall_time_s': seconds,
+      'test_images_per_s': metrics['examples'] / seconds,
+  }
+  path = os.path.join(workdir, 'results.json')
+  if os.path.exists(path):
+    try:
+      with open(path) as f:
+        previous = json.load(f)
+    except (OSError, ValueError):
+      previous = {}
+    if previous.get('step') == run.step:
+      results = {**previous, **results}
+  if jax.process_index() == 0:
+    train._write_json(path, results)  # pylint: disable=protected-access
+  return results
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def write_curves(workdir: str, config: ml_collections.ConfigDict | None = None) -> str:
+  """workdir/plots/curves.png from the run's TensorBoard scalars; returns its path."""
+  scalars = plots.read_scalars(workdir)
+  curves = plots.epoch_curves(scalars)
+  if not len(curves['train_epoch']) and not len(curves['eval_epoch']):
+    raise InferenceError(f'{workdir} has no logged train or eval scalars to plot')
+  test = scalars.get('test_accuracy')
+  title = f'{config.model} on {config.dataset}' if config is not None else ''
+  picture = plots.plot_curves(curves, title=title,
+                              test_accuracy=test[max(test)] if test else None)
+  path = os.path.join(plots_dir(workdir), 'curves.png')
+  plots.save_png(picture, path)
+  return path
+
+
+def write_attention(config: ml_collections.ConfigDict, workdir: str, model, params,
+                    split: input_pipeline.Split, class_names: Sequence[str],
+                    writer: metric_writers.MetricWriter | None = None, step: int = 0) -> str:
+  """workdir/plots/attention.png: the first `config.num_attention_images` images of `split`
+  with their attention overlaid, true and predicted classes; also to TensorBoard (`writer`).
+
+  Returns:
+    The PNG's path.
+  """
+  count = min(config.get('num_attention_images', DEFAULT_ATTENTION_IMAGES), len(split))
+  outputs = predict(make_predict_fn(model, config, with_attention=True), params,
+                    split.images[:count])
+  maps = upsampled_attention(config, outputs['attention'])
+  predicted = outputs['probabilities'].argmax(-1)
+  titles, colors = plots.attention_titles(
+      [class_names[i] for i in split.labels[:count]], [class_names[i] for i in predicted],
+      outputs['probabilities'].max(-1))
+  picture = plots.plot_attention_grid(outputs['images'], maps, titles, colors)
+  path = os.path.join(plots_dir(workdir), 'attention.png')
+  plots.save_png(picture, path)
+  if writer is not None:
+    writer.write_images(step, {'attention': picture[None]})
+    writer.flush()
+  return path
+
+
+def write_run_plots(config: ml_collections.ConfigDict, workdir: str, model, params,
+                    test: input_pipeline.Split, class_names: Sequence[str],
+                    writer: metric_writers.MetricWriter, step: int) -> None:
+  """The end-of-training pictures: curves, and for a TLB the attention grid. A failure is
+  logged, not raised: the run's results are already saved."""
+  try:
+    paths = [write_curves(workdir, config)]
+    if has_attention(config) and config.get('num_attention_images',
+                                            DEFAULT_ATTENTION_IMAGES) > 0:
+      paths.append(write_attention(config, workdir, model, params, test, class_names, writer,
+                                   step))
+    logging.info('Plots: %s', ', '.join(paths))
+  except Exception:  # pylint: disable=broad-except
+    logging.exception('Could not write the plots; regenerate them with '
+                      'python main.py --mode=plots --workdir=%s', workdir)
+
+
+def write_plots(workdir: str, config: ml_collections.ConfigDict | None = None) -> list[str]:
+  """`--mode=plots`: (re)draws curves.png and, for a TLB, attention.png (latest checkpoint, test
+  split) for an existing workdir; the attention grid also goes to TensorBoard.
+
+  Returns:
+    The paths written.
+  """
+  check_workdir(workdir)
+  config = config if config is not None else load_config(workdir)
+  paths = [write_curves(workdir, config)]
+  if has_attention(config) and config.get('num_attention_images', DEFAULT_ATTENTION_IMAGES) > 0:
+    run = restore(workdir, config)
+    builder = input_pipeline.get_builder(config)
+    test = input_pipeline.load_split(builder, config.test_split)
+    writer = metric_writers.create_default_writer(workdir, asynchronous=False)
+    paths.append(write_attention(config, workdir, run.model, run.params, test,
+                                 run.class_names, writer, run.step))
+    writer.close()
+  return paths
