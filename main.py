@@ -20,7 +20,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tlb_jax import config_validation, inference, input_pipeline, train
+from tlb_jax import checkpointing, config_validation, inference, input_pipeline, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard events and results.')
@@ -31,6 +31,9 @@ flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'plots'],
 flags.DEFINE_list('images', None, 'predict: image files and/or folders of images.')
 flags.DEFINE_string('attention_dir', None,
                     'predict: also write each image\'s TLB attention overlay into this directory.')
+flags.DEFINE_bool('fresh', False,
+                  'train: move the workdir\'s earlier checkpoints and results aside and start '
+                  'over, instead of resuming (needed when the model\'s shape changed).')
 flags.DEFINE_bool('distributed', False,
                   'Call jax.distributed.initialize() first (multi-host training).')
 config_flags.DEFINE_config_file(
@@ -39,7 +42,7 @@ config_flags.DEFINE_config_file(
 flags.mark_flags_as_required(['workdir'])
 
 USER_ERRORS = (config_validation.ConfigError, input_pipeline.DataError,
-               inference.InferenceError)
+               inference.InferenceError, checkpointing.CheckpointError)
 
 
 def _quiet_orbax(record) -> bool:
@@ -62,6 +65,12 @@ def main(argv):
   except USER_ERRORS as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+  except train.DivergenceError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(3)
+  except train.Interrupted as e:
+    print(str(e), file=sys.stderr)
+    sys.exit(128 + e.signum)
   if failures:
     sys.exit(1)
 
@@ -73,7 +82,7 @@ def _run(mode: str) -> int:
   if mode == 'train':
     if FLAGS.config is None:
       raise config_validation.ConfigError('--mode=train needs --config=configs/<name>.py')
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir, fresh=FLAGS.fresh)
   elif mode == 'eval':
     results = inference.evaluate_checkpoint(FLAGS.workdir, FLAGS.config)
     print(f'step {results["step"]}: test top-1 {results["test_top1"]:.4f}, top-5 '

@@ -57,6 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.adam_b2 = 0.999
   config.grad_clip_norm = 0.0      # 0 disables clipping
   config.label_smoothing = 0.0
+  config.skip_nonfinite_steps = False  # True: a NaN/inf step leaves the state unchanged
 
   # Loop.
   config.log_every_steps = 50

@@ -14,7 +14,7 @@ import pytest
 from flax import jax_utils
 from tfds_mock import mock_cifar
 
-from tlb_jax import config_validation, train
+from tlb_jax import config_validation, input_pipeline, train
 from tlb_jax.models import MODELS, create_model
 from tlb_jax.models.perceiver import Perceiver
 from tlb_jax.models.tlb import TLB
@@ -71,7 +71,7 @@ def pmapped_train_step(name):
 
 
 def shard(batch):
-  return {k: v.reshape((jax.local_device_count(), -1) + v.shape[1:]) for k, v in batch.items()}
+  return input_pipeline.shard(batch, jax.local_device_count())
 
 
 @pytest.mark.parametrize('name', sorted(TINY))

@@ -1,11 +1,63 @@
 """Orbax checkpoints of the TrainState under `workdir/checkpoints`."""
 
+import json
 import os
+import time
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
+
+
+# Model fields that change no parameter shape, so a run may resume with other values.
+SHAPE_FREE_MODEL_FIELDS = ('dropout_rate', 'attention_dropout_rate', 'scan_unroll', 'remat')
+# Top-level fields that change parameter or optimizer-state shapes.
+SHAPE_FIELDS = ('model', 'dataset', 'image_size', 'weight_decay_on')
+
+
+class CheckpointError(Exception):
+  """The workdir's checkpoints cannot be used; the message says what to do."""
+
+
+def incompatible_fields(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+  """Fields of `config` that differ from the `saved` run's config in a way that changes the
+  shapes of the train state (so its checkpoints cannot be restored)."""
+  new = config.to_dict()
+  fields = [f for f in SHAPE_FIELDS if saved.get(f) != new.get(f)]
+  if (saved.get('grad_clip_norm', 0) > 0) != (new['grad_clip_norm'] > 0):
+    fields.append('grad_clip_norm')  # clipping adds optimizer state
+  if 'model' not in fields:
+    model, saved_model = new[new['model']], saved.get(new['model'], {})
+    fields += [f'{new["model"]}.{k}' for k, v in model.items()
+               if k not in SHAPE_FREE_MODEL_FIELDS and saved_model.get(k) != v]
+  return fields
+
+
+def start_fresh(workdir: str) -> None:
+  """Moves an earlier run's checkpoints and results aside (never deletes them)."""
+  stamp = time.strftime('%Y%m%d-%H%M%S')
+  for name in ('checkpoints', 'results.json'):
+    path = os.path.join(workdir, name)
+    if os.path.exists(path):
+      root, ext = os.path.splitext(path)
+      os.replace(path, f'{root}.old-{stamp}{ext}')
+      logging.warning('Starting fresh: moved %s to %s', path, f'{root}.old-{stamp}{ext}')
+
+
+def check_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Raises CheckpointError if `workdir` holds checkpoints of a differently shaped run."""
+  config_path = os.path.join(workdir, 'config.json')
+  if not (os.path.isdir(os.path.join(workdir, 'checkpoints')) and os.path.exists(config_path)):
+    return
+  with open(config_path) as f:
+    saved = json.load(f)
+  fields = incompatible_fields(saved, config)
+  if fields:
+    raise CheckpointError(
+        f'--workdir={workdir} holds checkpoints of a run whose config differs in '
+        f'{", ".join(fields)}; use another --workdir, or pass --fresh to move them aside and '
+        'start over')
 
 
 class Checkpoints:
@@ -19,7 +71,11 @@ class Checkpoints:
         options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True))
 
   def restore_latest(self, state):
-    """Returns the newest readable checkpoint shaped like `state`, or `state` if there is none."""
+    """Returns the newest readable checkpoint shaped like `state`, or `state` if there is none.
+
+    Raises:
+      CheckpointError: there are checkpoints, but none can be read.
+    """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
@@ -30,6 +86,10 @@ class Checkpoints:
         continue
       logging.info('Restored checkpoint at step %d from %s', step, self.directory)
       return restored
+    if self.manager.all_steps():
+      raise CheckpointError(
+          f'no checkpoint in {self.directory} can be read (see the warnings above); pass '
+          '--fresh to move them aside and start over')
     return state
 
   def save(self, step: int, state) -> None:

@@ -5,9 +5,12 @@ The steps are pure functions of (state, batch); everything random is derived fro
 batches and dropout masks an uninterrupted one would have used.
 """
 
+import contextlib
 import functools
 import json
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -38,6 +41,7 @@ class TrainMetrics(metrics.Collection):
   accuracy: metrics.Accuracy
   top5_accuracy: metrics.Average.from_output('top5_correct')
   learning_rate: metrics.LastValue.from_output('learning_rate')
+  nonfinite_steps: metrics.Average.from_output('nonfinite')  # fraction of steps
 
 
 @flax.struct.dataclass
@@ -107,8 +111,13 @@ def top5_correct(logits, labels):
 
 
 def train_step(state: TrainState, batch, *, learning_rate_fn, resize_size: int,
-               image_size: int, random_flip: bool, label_smoothing: float):
+               image_size: int, random_flip: bool, label_smoothing: float,
+               skip_nonfinite_steps: bool = False):
   """One AdamW step on a per-device batch; gradients and metrics are averaged over 'batch'.
+
+  A step whose loss or gradient is not finite is reported in the metrics ('nonfinite'); with
+  `skip_nonfinite_steps` it leaves parameters and optimizer state unchanged (the step count
+  still advances, so the next batch is used).
 
   Args:
     state: replicated TrainState.
@@ -132,10 +141,15 @@ def train_step(state: TrainState, batch, *, learning_rate_fn, resize_size: int,
 
   grads, (losses, logits) = jax.grad(loss_fn, has_aux=True)(state.params)
   grads = jax.lax.pmean(grads, axis_name='batch')
+  finite = (jnp.isfinite(optax.global_norm(grads))
+            & jnp.isfinite(jax.lax.pmean(losses.mean(), axis_name='batch')))
   new_state = state.apply_gradients(grads=grads)
+  if skip_nonfinite_steps:
+    skipped = state.replace(step=new_state.step)
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, skipped)
   step_metrics = TrainMetrics.gather_from_model_output(
       loss=losses, logits=logits, labels=labels, top5_correct=top5_correct(logits, labels),
-      learning_rate=learning_rate_fn(state.step))
+      learning_rate=learning_rate_fn(state.step), nonfinite=1.0 - finite.astype(jnp.float32))
   return new_state, step_metrics
 
 
@@ -148,12 +162,41 @@ def eval_step(params, batch, *, apply_fn, image_size: int):
       top5_correct=top5_correct(logits, batch['label']), mask=batch['mask'])
 
 
+class Interrupted(Exception):
+  """SIGTERM or SIGINT stopped training after a checkpoint was saved."""
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_requests():
+  """Within the block, SIGTERM and SIGINT only record themselves in the yielded list, so the
+  loop can finish its step and save before stopping."""
+  received = []
+  if threading.current_thread() is not threading.main_thread():
+    yield received  # signal handlers can only be installed from the main thread
+    return
+  previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum))
+              for sig in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    yield received
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+
+
+class DivergenceError(Exception):
+  """Training produced a non-finite loss or gradient; the message names the step."""
+
+
 def make_train_step(config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule):
   """`train_step` with the config's static arguments bound; pmap it over axis 'batch'."""
   return functools.partial(
       train_step, learning_rate_fn=learning_rate_fn, resize_size=config.resize_size,
       image_size=config.image_size, random_flip=config.random_flip,
-      label_smoothing=config.label_smoothing)
+      label_smoothing=config.label_smoothing, skip_nonfinite_steps=config.skip_nonfinite_steps)
 
 
 def make_eval_step(config: ml_collections.ConfigDict, model):
@@ -181,8 +224,11 @@ def _write_json(path: str, payload: dict) -> None:
   os.replace(tmp, path)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       fresh: bool = False) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming from its latest checkpoint) and tests it.
+
+  With `fresh`, an earlier run's checkpoints and results are moved aside first.
 
   Returns:
     The contents of `workdir/results.json`.
@@ -199,6 +245,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state = create_train_state(jax.random.PRNGKey(config.seed), model, config.image_size,
                              create_optimizer(config, learning_rate_fn))
 
+  if fresh:
+    checkpointing.start_fresh(workdir)
+  checkpointing.check_compatible(workdir, config)
   checkpoints = checkpointing.Checkpoints(workdir, config)
   state = checkpoints.restore_latest(state)
   start_step = int(state.step)
@@ -235,27 +284,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     report_progress = periodic_actions.ReportProgress(num_train_steps=total_steps,
                                                       writer=writer)
     train_metrics = None
-    for step in range(start_step + 1, total_steps + 1):
-      with jax.profiler.StepTraceAnnotation('train', step_num=step):
-        state, update = p_train_step(state, next(batches))
-      update = jax_utils.unreplicate(update)
-      train_metrics = update if train_metrics is None else train_metrics.merge(update)
-      report_progress(step)
-      last = step == total_steps
-      epoch_end = step % steps_per_epoch == 0
-      if step % config.log_every_steps == 0 or epoch_end or last:
-        scalars = train_metrics.compute()
-        scalars['epoch'] = step / steps_per_epoch
-        writer.write_scalars(step, {f'train_{k}': v for k, v in scalars.items()})
-        train_metrics = None
-      if (eval_every_steps > 0 and step % eval_every_steps == 0) or last:
-        eval_start = time.time()
-        with report_progress.timed('eval'):
-          result = evaluate(p_eval_step, state.params, data.eval, config.eval_batch_size)
-        eval_seconds += time.time() - eval_start
-        writer.write_scalars(step, {f'eval_{k}': v for k, v in result.items()})
-      if step % config.checkpoint_every_steps == 0 or epoch_end or last:
-        checkpoints.save(step, jax_utils.unreplicate(state))
+    with stop_requests() as stop:
+      for step in range(start_step + 1, total_steps + 1):
+        with jax.profiler.StepTraceAnnotation('train', step_num=step):
+          state, update = p_train_step(state, next(batches))
+        update = jax_utils.unreplicate(update)
+        if not config.skip_nonfinite_steps and update.nonfinite_steps.compute() > 0:
+          checkpoints.close()
+          raise DivergenceError(
+              f'the loss or gradient is not finite at step {step}; the workdir keeps its last good '
+              f'checkpoint (step {checkpoints.manager.latest_step() or 0}). Lower '
+              '--config.learning_rate, set --config.grad_clip_norm, or pass '
+              '--config.skip_nonfinite_steps=True, then run the same command to resume')
+        train_metrics = update if train_metrics is None else train_metrics.merge(update)
+        report_progress(step)
+        last = step == total_steps
+        epoch_end = step % steps_per_epoch == 0
+        if step % config.log_every_steps == 0 or epoch_end or last:
+          scalars = train_metrics.compute()
+          scalars['epoch'] = step / steps_per_epoch
+          writer.write_scalars(step, {f'train_{k}': v for k, v in scalars.items()})
+          train_metrics = None
+        if (eval_every_steps > 0 and step % eval_every_steps == 0) or last:
+          eval_start = time.time()
+          with report_progress.timed('eval'):
+            result = evaluate(p_eval_step, state.params, data.eval, config.eval_batch_size)
+          eval_seconds += time.time() - eval_start
+          writer.write_scalars(step, {f'eval_{k}': v for k, v in result.items()})
+        if step % config.checkpoint_every_steps == 0 or epoch_end or last or stop:
+          checkpoints.save(step, jax_utils.unreplicate(state))
+        if stop:
+          checkpoints.close()
+          name = signal.Signals(stop[0]).name
+          raise Interrupted(f'{name} received: stopped at step {step} with a checkpoint in '
+                            f'{checkpoints.directory}; run the same command to resume', stop[0])
     writer.flush()
   # Validation passes are excluded; compilation and checkpoint saves are included.
   train_seconds = time.time() - train_start - eval_seconds
