@@ -291,11 +291,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         update = jax_utils.unreplicate(update)
         if not config.skip_nonfinite_steps and update.nonfinite_steps.compute() > 0:
           checkpoints.close()
+          latest = checkpoints.manager.latest_step()
+          kept = 'none yet' if latest is None else f'step {latest}'
           raise DivergenceError(
-              f'the loss or gradient is not finite at step {step}; the workdir keeps its last good '
-              f'checkpoint (step {checkpoints.manager.latest_step() or 0}). Lower '
-              '--config.learning_rate, set --config.grad_clip_norm, or pass '
-              '--config.skip_nonfinite_steps=True, then run the same command to resume')
+              f'the loss or gradient is not finite at step {step}; nothing was saved after it '
+              f'(last good checkpoint: {kept}). Lower --config.learning_rate, set '
+              '--config.grad_clip_norm, or pass --config.skip_nonfinite_steps=True, then run '
+              'the same command to resume')
         train_metrics = update if train_metrics is None else train_metrics.merge(update)
         report_progress(step)
         last = step == total_steps
