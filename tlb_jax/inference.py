@@ -136,12 +136,12 @@ def restore(workdir: str, config: ml_collections.ConfigDict | None = None) -> Ru
     if checkpoints.manager.latest_step() is None:
       raise InferenceError(f'{workdir} has no checkpoint; {train_hint}')
     state = checkpoints.restore_latest(template)
+  except checkpointing.CheckpointError:
+    raise InferenceError(f'no checkpoint in {checkpoint_dir} can be restored into this '
+                         f'{config.model} (see the warnings above); was it trained with this '
+                         'config?') from None
   finally:
     checkpoints.close()
-  if state is template:
-    raise InferenceError(f'no checkpoint in {checkpoint_dir} could be restored into '
-                         f'{config.model} (see the warnings above); was it trained with this '
-                         'config?')
   return Run(config=config, class_names=class_names, model=model, params=state.params,
              step=int(state.step))
 
@@ -360,9 +360,7 @@ def evaluate_checkpoint(workdir: str,
     raise InferenceError(f'{config.dataset} has {builder.info.features["label"].num_classes} '
                          f'classes but {workdir} was trained on {len(run.class_names)}')
   test = input_pipeline.load_split(builder, config.test_split)
-  p_eval_step = jax.pmap(
-      functools.partial(train.eval_step, apply_fn=run.model.apply, image_size=config.image_size),
-      axis_name='batch')
+  p_eval_step = jax.pmap(train.make_eval_step(config, run.model), axis_name='batch')
   start = time.time()
   metrics = train.evaluate(p_eval_step, jax_utils.replicate(run.params), test,
                            config.eval_batch_size)
