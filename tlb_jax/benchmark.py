@@ -68,7 +68,7 @@ def unrolled(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if 'scan_unroll' in model:
     model.scan_unroll = 1 << 20  # clamped to the number of chunks
   if 'remat' in model:
-    model.remat = False
+    model.remat = 'none'
   return config
 
 
@@ -113,7 +113,7 @@ def measure(config, num_classes: int, repeats: int, warmup: int) -> dict[str, di
   shard = lambda b: {k: v.reshape((devices, -1) + v.shape[1:]) for k, v in b.items()}
   train_batch = shard(_synthetic_batch(config, config.batch_size, num_classes, mask=False))
   eval_batch = shard(_synthetic_batch(config, config.batch_size, num_classes, mask=True))
-  replicated = {'state': jax_utils.replicate(state)}
+  replicated = {'state': jax_utils.replicate(state, axis_name='batch')}
 
   def run_train():
     replicated['state'], step_metrics = p_train(replicated['state'], train_batch)
