@@ -90,9 +90,7 @@ def create_train_state(rng, model, image_size: int,
   init_rng, state_rng = jax.random.split(rng)
   dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
   params = jax.jit(functools.partial(model.init, train=False))(init_rng, dummy)['params']
-  state = TrainState.create(apply_fn=model.apply, params=params, tx=tx, rng=state_rng)
-  # A strongly typed step: the weakly typed Python 0 would make the second step recompile.
-  return state.replace(step=jnp.zeros((), jnp.int32))
+  return TrainState.create(apply_fn=model.apply, params=params, tx=tx, rng=state_rng)
 
 
 def cross_entropy_loss(logits, labels, label_smoothing: float = 0.0):
