@@ -69,6 +69,8 @@ class Checkpoints:
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True))
+    # Unreadable checkpoints newer than the restored one; set aside before the first save.
+    self._unreadable: list[int] = []
 
   def restore_latest(self, state):
     """Returns the newest readable checkpoint shaped like `state`, or `state` if there is none.
@@ -77,14 +79,17 @@ class Checkpoints:
       CheckpointError: there are checkpoints, but none can be read.
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    unreadable = []
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
       except Exception as e:  # pylint: disable=broad-except
         logging.warning('Checkpoint at step %d in %s is unreadable (%s: %s); trying an older one',
                         step, self.directory, type(e).__name__, str(e).splitlines()[0][:200])
+        unreadable.append(step)
         continue
       logging.info('Restored checkpoint at step %d from %s', step, self.directory)
+      self._unreadable = unreadable
       return restored
     if self.manager.all_steps():
       raise CheckpointError(
@@ -94,7 +99,25 @@ class Checkpoints:
 
   def save(self, step: int, state) -> None:
     """Saves asynchronously; `close` waits for pending saves."""
+    if self._unreadable:
+      self._set_aside_unreadable()
     self.manager.save(step, args=ocp.args.StandardSave(state))
+
+  def _set_aside_unreadable(self) -> None:
+    """Renames the unreadable checkpoints newer than the restored one (never deletes them).
+
+    Orbax skips a save at any step up to its latest step, so while they are in place the
+    resumed run would save nothing until it passed them, and a run that ends at such a step
+    would leave the unreadable checkpoint as its last.
+    """
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    for step in self._unreadable:
+      path = os.path.join(self.directory, str(step))
+      os.replace(path, f'{path}.unreadable-{stamp}')
+      logging.warning('Moved the unreadable checkpoint %s to %s', path,
+                      f'{path}.unreadable-{stamp}')
+    self._unreadable = []
+    self.manager.reload()
 
   def close(self) -> None:
     self.manager.wait_until_finished()

@@ -1,6 +1,7 @@
 """Checks a config before anything is loaded or compiled; each failure is one line that names
 the field and what it may be."""
 
+import math
 import os
 import tempfile
 
@@ -55,8 +56,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   _choice('weight_decay_on', config.weight_decay_on, WEIGHT_DECAY_ON)
   for field in POSITIVE_INTS:
     _positive(field, config[field])
-  if config.learning_rate <= 0:
-    raise ConfigError(f'--config.learning_rate={config.learning_rate} must be positive')
+  if not 0 < config.learning_rate < math.inf:
+    raise ConfigError(f'--config.learning_rate={config.learning_rate} must be positive and finite')
   if config.weight_decay < 0 or config.grad_clip_norm < 0:
     raise ConfigError('--config.weight_decay and --config.grad_clip_norm must be >= 0')
   _unit_interval('label_smoothing', config.label_smoothing)
