@@ -171,6 +171,7 @@ def _smoke_with(**overrides):
     (dict(num_epochs=0), 1, '--config.num_epochs=0 must be a positive integer'),
     (dict(keep_checkpoints=-1), 1, '--config.keep_checkpoints=-1 must be a positive integer'),
     (dict(learning_rate=0.0), 1, '--config.learning_rate=0.0 must be positive'),
+    (dict(learning_rate=float('inf')), 1, '--config.learning_rate=inf must be positive and finite'),
     (dict(weight_decay=-0.1), 1, '--config.weight_decay'),
     (dict(grad_clip_norm=-1.0), 1, '--config.grad_clip_norm'),
     (dict(label_smoothing=1.0), 1, '--config.label_smoothing=1.0 must be in [0, 1)'),
