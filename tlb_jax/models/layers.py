@@ -125,6 +125,9 @@ class PatchEmbed(nn.Module):
   def __call__(self, images):
     """images (B, H, W, C) -> tokens (B, N, D) with N = (H / p) * (W / p)."""
     p = self.patch_size
+    height, width = images.shape[1:3]
+    if height % p or width % p:
+      raise ValueError(f'image size {height}x{width} is not divisible by patch_size {p}')
     x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype,
                 name='projection')(images.astype(self.dtype))
     batch, rows, cols, features = x.shape

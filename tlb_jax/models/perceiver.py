@@ -59,10 +59,6 @@ class Perceiver(nn.Module):
     (B, I, L, D), the latent array after each iteration, and 'attention' (B, I, Hc, L, N), the
     latent-over-patch cross-attention weights of each iteration.
     """
-    height, width = images.shape[1:3]
-    if height % self.patch_size or width % self.patch_size:
-      raise ValueError(f'image size {height}x{width} is not divisible by patch_size '
-                       f'{self.patch_size}')
     byte_array = PatchEmbed(self.patch_size, self.embed_dim, self.dtype,
                             name='patch_embed')(images)
     batch, _, features = byte_array.shape

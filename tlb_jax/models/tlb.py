@@ -126,10 +126,6 @@ class TLB(nn.Module):
     if self.slow_stream_init not in SLOW_STREAM_INITS:
       raise ValueError(
           f'slow_stream_init must be one of {SLOW_STREAM_INITS}, got {self.slow_stream_init!r}')
-    height, width = images.shape[1:3]
-    if height % self.patch_size or width % self.patch_size:
-      raise ValueError(f'image size {height}x{width} is not divisible by patch_size '
-                       f'{self.patch_size}')
     tokens = PatchEmbed(self.patch_size, self.embed_dim, self.dtype, name='patch_embed')(images)
     batch, num_tokens, features = tokens.shape
     if num_tokens % self.chunk_size:

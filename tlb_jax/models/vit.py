@@ -47,10 +47,6 @@ class ViT(nn.Module):
     With `return_intermediates`, returns (logits, dict) where the dict holds 'attention'
     (B, num_layers, H, N, N), each block's attention weights.
     """
-    height, width = images.shape[1:3]
-    if height % self.patch_size or width % self.patch_size:
-      raise ValueError(f'image size {height}x{width} is not divisible by patch_size '
-                       f'{self.patch_size}')
     tokens = PatchEmbed(self.patch_size, self.embed_dim, self.dtype, name='patch_embed')(images)
     all_weights = []
     for layer in range(self.num_layers):
