@@ -135,6 +135,20 @@ def test_missing_data_exits_2_with_one_error_line(tmp_path):
   assert 'Traceback' not in process.stderr
 
 
+def test_train_split_smaller_than_a_batch_exits_2_before_training(tmp_path):
+  """A train split with fewer examples than one batch is a one-line error, not a crash."""
+  if not HAS_REAL_DATA:
+    pytest.skip(f'real CIFAR-10 TFDS data not in {REAL_DATA_DIR}')
+  process = _main('--config=configs/smoke.py', f'--workdir={tmp_path / "run"}',
+                  f'--config.data_dir={REAL_DATA_DIR}', '--config.train_split=train[:100]',
+                  timeout=180)
+  assert process.returncode == 2, _describe(process)
+  errors = _error_lines(process.stderr)
+  assert len(errors) == 1, _describe(process)
+  assert 'fewer than one batch of 128' in errors[0] and '--config.batch_size' in errors[0]
+  assert not (tmp_path / 'run' / 'checkpoints').exists()
+
+
 # --------------------------------------------------------------------- config_validation unit
 
 

@@ -232,19 +232,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   config_validation.validate(config, jax.local_device_count())
   config_validation.check_workdir_writable(workdir)
+  if fresh:
+    checkpointing.start_fresh(workdir)
+  checkpointing.check_compatible(workdir, config)
   data = input_pipeline.load(config)
   model = create_model(config, data.num_classes)
 
   steps_per_epoch = len(data.train) // config.batch_size
+  if steps_per_epoch == 0:
+    raise input_pipeline.DataError(
+        f'{config.train_split} has {len(data.train)} examples, fewer than one batch of '
+        f'{config.batch_size}; lower --config.batch_size or widen --config.train_split')
   total_steps = (config.num_train_steps if config.num_train_steps > 0
                  else config.num_epochs * steps_per_epoch)
   learning_rate_fn = create_learning_rate_fn(config, steps_per_epoch, total_steps)
   state = create_train_state(jax.random.PRNGKey(config.seed), model, config.image_size,
                              create_optimizer(config, learning_rate_fn))
 
-  if fresh:
-    checkpointing.start_fresh(workdir)
-  checkpointing.check_compatible(workdir, config)
   checkpoints = checkpointing.Checkpoints(workdir, config)
   state = checkpoints.restore_latest(state)
   start_step = int(state.step)
