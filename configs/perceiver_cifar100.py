@@ -8,9 +8,10 @@ with shared weights; MLPs of width 256 (`ffn_units = [256, 256]`), dropout 0.2 a
 0.1 on attention. Training as in the seed: AdamW lr 1e-3 and wd 1e-4 on all weights, batch 64,
 35 epochs, the last 10% of the training set as validation (Keras `validation_split=0.1`).
 
+Every attention has 256 features per head (`head_dim=256`, the seed's Keras
+`MultiHeadAttention(key_dim=projection_dim)`), so the 8-head tower attends in 2,048 features.
 Differences from the Keras code (the shared blocks of tlb_jax.models.layers): pre-LN blocks
-with an output projection in every attention and D/H features per head (Keras'
-MultiHeadAttention uses key_dim=256 per head); a LayerNorm'd mean + Dense head instead of
+with an output projection in every attention; a LayerNorm'd mean + Dense head instead of
 Dense(256, GELU) + Dense; the seed's RandomZoom(0.2) becomes a random 64x64 crop of the image
 resized to 72x72; no ReduceLROnPlateau / EarlyStopping (constant learning rate).
 """
@@ -32,6 +33,7 @@ def get_config():
       num_iterations=2,          # cross-attention + tower repeats, weights shared
       num_heads=8,
       cross_attention_heads=1,
+      head_dim=256,              # seed key_dim = projection_dim in every head
       mlp_ratio=1,               # seed ffn_units = [projection_dim, projection_dim]
       dropout_rate=0.2,
       attention_dropout_rate=0.1,

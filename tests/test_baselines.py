@@ -27,7 +27,8 @@ TINY = {
     'tlb': dict(patch_size=4, embed_dim=16, chunk_size=4, num_latents=2, num_layers=2,
                 cross_attention_every=1, num_heads=2, mlp_ratio=2),
     'perceiver': dict(patch_size=4, embed_dim=16, num_latents=4, num_layers=1,
-                      num_iterations=2, num_heads=2, cross_attention_heads=1, mlp_ratio=2),
+                      num_iterations=2, num_heads=2, cross_attention_heads=1, mlp_ratio=2,
+                      head_dim=8),
     'vit': dict(patch_size=4, embed_dim=16, num_layers=2, num_heads=2, mlp_ratio=2),
 }
 
@@ -136,6 +137,15 @@ def test_perceiver_reuses_one_set_of_weights_for_every_iteration():
   assert not np.allclose(logits_one, logits_three)
 
 
+def test_perceiver_head_dim_sets_the_features_of_every_attention_head():
+  model = tiny_model('perceiver', head_dim=24)  # embed_dim 16: wider heads than D / H
+  params = model.init(jax.random.PRNGKey(0), images(1), train=False)['params']
+  heads = model.num_heads
+  assert params['self_attention_0']['attention']['qkv']['kernel'].shape == (16, 3, heads, 24)
+  assert params['cross_attention']['attention']['query']['kernel'].shape == (16, 1, 24)
+  assert params['self_attention_0']['attention']['out']['kernel'].shape == (heads, 24, 16)
+
+
 @pytest.mark.parametrize('config_name, model_class', [
     ('cifar10', TLB), ('perceiver_cifar100', Perceiver), ('vit_cifar10', ViT)])
 def test_create_model_builds_the_model_that_config_model_names(config_name, model_class):
@@ -159,12 +169,13 @@ def test_perceiver_cifar100_config_is_the_seed_model_and_recipe():
   assert (config.perceiver.num_latents, config.perceiver.embed_dim) == (256, 256)
   assert (config.perceiver.num_heads, config.perceiver.num_layers,
           config.perceiver.num_iterations) == (8, 4, 2)
+  assert config.perceiver.head_dim == 256  # Keras key_dim = projection_dim in every head
   assert (config.learning_rate, config.weight_decay, config.batch_size) == (1e-3, 1e-4, 64)
 
 
 @pytest.mark.parametrize('config_name, field, value', [
     ('perceiver_cifar100', 'num_iterations', 0),
-    ('perceiver_cifar100', 'cross_attention_heads', 3),
+    ('perceiver_cifar100', 'head_dim', 0),
     ('perceiver_cifar100', 'num_latents', -1),
     ('perceiver_cifar100', 'dropout_rate', 1.5),
     ('vit_cifar10', 'num_layers', 0),

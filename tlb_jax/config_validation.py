@@ -87,10 +87,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     if 'chunk_size' in model and num_patches % model.chunk_size:
       raise ConfigError(f'{num_patches} patches ({config.image_size}/{patch} squared) are not '
                         f'divisible by --config.{config.model}.chunk_size={model.chunk_size}')
+  if model.get('head_dim') is not None:
+    _positive(f'{config.model}.head_dim', model.head_dim)
+    return  # Explicit features per head: embed_dim need not split evenly across the heads.
   for heads in ('num_heads', 'cross_attention_heads'):
     if heads in model and 'embed_dim' in model and model.embed_dim % model[heads]:
       raise ConfigError(f'--config.{config.model}.embed_dim={model.embed_dim} is not divisible '
-                        f'by --config.{config.model}.{heads}={model[heads]}')
+                        f'by --config.{config.model}.{heads}={model[heads]} (or set '
+                        f'--config.{config.model}.head_dim where the model has it)')
 
 
 def check_workdir_writable(workdir: str) -> None:

@@ -91,6 +91,7 @@ class AttentionBlock(nn.Module):
   mlp_ratio: int = 4
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
+  head_dim: int | None = None  # Dh; None: D // H
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -101,6 +102,7 @@ class AttentionBlock(nn.Module):
       context = norm('norm_context')(context)
     y, weights = MultiHeadAttention(
         num_heads=self.num_heads,
+        head_dim=self.head_dim,
         attention_dropout_rate=self.attention_dropout_rate,
         dtype=self.dtype,
         name='attention',

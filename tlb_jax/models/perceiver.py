@@ -33,6 +33,8 @@ class Perceiver(nn.Module):
     cross_attention_heads: heads of the latent->byte cross-attention (1 in the paper and the
       seed).
     mlp_ratio: MLP hidden width / D (1 in the seed: `ffn_units = [D, D]`).
+    head_dim: features per head in every attention; None gives D / heads. The seed's Keras
+      layers use `key_dim=D` for every head (head_dim=D).
     dropout_rate: dropout after each MLP.
     attention_dropout_rate: dropout on attention probabilities.
     dtype: compute dtype; parameters are float32.
@@ -47,6 +49,7 @@ class Perceiver(nn.Module):
   num_heads: int = 8
   cross_attention_heads: int = 1
   mlp_ratio: int = 1
+  head_dim: int | None = None
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32
@@ -70,7 +73,8 @@ class Perceiver(nn.Module):
 
     block = lambda num_heads, name: AttentionBlock(
         num_heads=num_heads, mlp_ratio=self.mlp_ratio, dropout_rate=self.dropout_rate,
-        attention_dropout_rate=self.attention_dropout_rate, dtype=self.dtype, name=name)
+        attention_dropout_rate=self.attention_dropout_rate, head_dim=self.head_dim,
+        dtype=self.dtype, name=name)
     # Built once and called every iteration: one set of weights for all iterations.
     cross_attention = block(self.cross_attention_heads, 'cross_attention')
     tower = [block(self.num_heads, f'self_attention_{layer}') for layer in range(self.num_layers)]
