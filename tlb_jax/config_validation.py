@@ -89,12 +89,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
                         f'divisible by --config.{config.model}.chunk_size={model.chunk_size}')
   if model.get('head_dim') is not None:
     _positive(f'{config.model}.head_dim', model.head_dim)
-    return  # Explicit features per head: embed_dim need not split evenly across the heads.
-  for heads in ('num_heads', 'cross_attention_heads'):
-    if heads in model and 'embed_dim' in model and model.embed_dim % model[heads]:
-      raise ConfigError(f'--config.{config.model}.embed_dim={model.embed_dim} is not divisible '
-                        f'by --config.{config.model}.{heads}={model[heads]} (or set '
-                        f'--config.{config.model}.head_dim where the model has it)')
+  else:  # D / heads features per head: the heads must split embed_dim evenly.
+    for heads in ('num_heads', 'cross_attention_heads'):
+      if heads in model and 'embed_dim' in model and model.embed_dim % model[heads]:
+        raise ConfigError(f'--config.{config.model}.embed_dim={model.embed_dim} is not '
+                          f'divisible by --config.{config.model}.{heads}={model[heads]}')
 
 
 def check_workdir_writable(workdir: str) -> None:
