@@ -15,7 +15,6 @@ part of the test suite.
 import argparse
 import json
 import os
-import time
 
 os.environ.setdefault('KERAS_BACKEND', 'tensorflow')
 
