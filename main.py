@@ -20,7 +20,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tlb_jax import checkpointing, config_validation, inference, input_pipeline, train
+from tlb_jax import allocator, checkpointing, config_validation, inference, input_pipeline, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard events and results.')
@@ -60,6 +60,8 @@ def main(argv):
     jax.distributed.initialize()
   logging.info('JAX process %d/%d, local devices: %s', jax.process_index(), jax.process_count(),
                jax.local_devices())
+  if jax.default_backend() == 'cpu' and allocator.preloaded_allocator() == 'system':
+    logging.info(allocator.TCMALLOC_HINT)
   try:
     failures = _run(FLAGS.mode)
   except USER_ERRORS as e:

@@ -10,7 +10,7 @@ import pytest
 
 from configs import smoke
 from tlb_jax.models import create_model
-from tlb_jax.models.layers import LAYER_NORM_EPSILON, PatchEmbed
+from tlb_jax.models.layers import LAYER_NORM_EPSILON, Dropout, PatchEmbed
 from tlb_jax.models.tlb import TLB, TLBCell
 
 NUM_CLASSES = 10
@@ -198,6 +198,44 @@ def test_evaluation_ignores_dropout(base):
   dropout_model = model.clone(dropout_rate=0.5, attention_dropout_rate=0.5)
   np.testing.assert_allclose(_apply_fn(dropout_model)({'params': params}, images),
                              _apply_fn(model)({'params': params}, images), rtol=1e-6, atol=1e-6)
+
+
+def test_dropout_draws_the_masks_of_flax_dropout():
+  """`layers.Dropout` zeroes and rescales exactly the elements `nn.Dropout` does for one rng."""
+  x = jnp.arange(1.0, 1001.0).reshape(10, 100)
+  rngs = {'dropout': jax.random.PRNGKey(3)}
+  ours = Dropout(0.3).apply({}, x, deterministic=False, rngs=rngs)
+  flax_dropout = nn.Dropout(0.3).apply({}, x, deterministic=False, rngs=rngs)
+  np.testing.assert_array_equal(ours, flax_dropout)
+  assert 0.2 < float((ours == 0).mean()) < 0.4
+
+
+def _dropout_loss(model, params, images):
+  logits = model.apply({'params': params}, images, train=True,
+                       rngs={'dropout': jax.random.PRNGKey(7)})
+  return jnp.mean(logits**2)
+
+
+@pytest.mark.parametrize('remat', ['dots', 'full'])
+def test_remat_gives_the_gradients_of_storing_everything(base, remat):
+  """With dropout on, every remat policy gives the gradients of remat='none'."""
+  model, params, images = base
+  model = model.clone(dropout_rate=0.3, attention_dropout_rate=0.2)
+  grad = lambda m: jax.jit(jax.grad(functools.partial(_dropout_loss, m)))(params, images)
+  expected = grad(model.clone(remat='none'))
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-6),
+               grad(model.clone(remat=remat)), expected)
+
+
+def test_dots_remat_stores_dropout_masks_instead_of_redrawing_them(base):
+  """remat='dots' draws each dropout mask once (forward scan); 'full' draws it again in the
+  backward scan."""
+  model, params, images = base
+  model = model.clone(dropout_rate=0.3)
+  def random_draws(remat):
+    loss = functools.partial(_dropout_loss, model.clone(remat=remat))
+    return str(jax.make_jaxpr(jax.grad(loss))(params, images)).count('random_bits')
+  assert 0 < random_draws('dots') < random_draws('full')
 
 
 @pytest.mark.parametrize('size, overrides, message', [

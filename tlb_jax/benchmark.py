@@ -23,7 +23,7 @@ from absl import app, flags
 from flax import jax_utils
 from ml_collections import config_flags
 
-from tlb_jax import config_validation, train
+from tlb_jax import allocator, config_validation, profiling, train
 from tlb_jax.models import create_model, layers
 
 FLAGS = flags.FLAGS
@@ -39,6 +39,11 @@ flags.DEFINE_integer('sweep_batch_size', 32, 'Global batch size for --sweep.')
 flags.DEFINE_list('sweep_models', ['tlb', 'vit'], 'Models for --sweep, at the width/depth of '
                   'the config\'s TLB.')
 flags.DEFINE_string('output', None, 'Write the results as JSON here.')
+flags.DEFINE_string('profile_dir', None, 'Also trace --profile_steps train steps with '
+                    'jax.profiler into this directory (TensorBoard profile plugin) and print '
+                    'where their time goes: forward/backward, in the chunk scan or not, matmuls, '
+                    'dropout, the rest.')
+flags.DEFINE_integer('profile_steps', 3, 'Train steps traced with --profile_dir.')
 
 
 def median_seconds(fn, repeats: int, warmup: int) -> float:
@@ -104,8 +109,9 @@ def step_gflops(config, batch_size: int, num_classes: int) -> dict[str, float]:
   return {'train': flops(lowered_train), 'eval': flops(lowered_eval)}
 
 
-def measure(config, num_classes: int, repeats: int, warmup: int) -> dict[str, dict]:
-  """Times the pmapped train and eval steps at `config.batch_size` (global)."""
+def _pmapped_steps(config, num_classes: int):
+  """Blocking zero-argument callables running the pmapped train and eval steps on fixed
+  batches, and a function giving the compiled train step's HLO text."""
   devices = jax.local_device_count()
   state, train_step, eval_step = _steps(config, num_classes)
   p_train = jax.pmap(train_step, axis_name='batch', donate_argnums=(0,))
@@ -122,12 +128,31 @@ def measure(config, num_classes: int, repeats: int, warmup: int) -> dict[str, di
   def run_eval():
     jax.block_until_ready(p_eval(replicated['state'].params, eval_batch))
 
+  def train_hlo_text() -> str:
+    return p_train.lower(replicated['state'], train_batch).compile().as_text()
+
+  return run_train, run_eval, train_hlo_text
+
+
+def measure(config, num_classes: int, repeats: int, warmup: int) -> dict[str, dict]:
+  """Times the pmapped train and eval steps at `config.batch_size` (global)."""
+  run_train, run_eval, _ = _pmapped_steps(config, num_classes)
   results = {}
   for name, fn in (('train', run_train), ('eval', run_eval)):
     seconds = median_seconds(fn, repeats, warmup)
     results[name] = {'ms_per_step': seconds * 1e3,
                      'images_per_s': config.batch_size / seconds}
   return results
+
+
+def profile_train_step(config, num_classes: int, log_dir: str, num_steps: int,
+                       warmup: int) -> list[dict]:
+  """Traces `num_steps` train steps into `log_dir`; returns `profiling.breakdown` rows."""
+  run_train, _, train_hlo_text = _pmapped_steps(config, num_classes)
+  for _ in range(warmup):
+    run_train()
+  trace = profiling.capture(run_train, num_steps, log_dir)
+  return profiling.breakdown(profiling.self_times_ms(trace, num_steps), train_hlo_text())
 
 
 def benchmark(config, num_classes: int, repeats: int, warmup: int) -> dict:
@@ -146,6 +171,7 @@ def benchmark(config, num_classes: int, repeats: int, warmup: int) -> dict:
   return {
       'device': str(jax.devices()[0].device_kind), 'backend': jax.default_backend(),
       'local_devices': jax.local_device_count(), 'model': config.model,
+      'allocator': allocator.preloaded_allocator(),
       'batch_size': config.batch_size, 'compute_dtype': compute_dtype,
       'matmul_peak_gflop_per_s': peaks, **timings,
   }
@@ -179,7 +205,8 @@ def sweep(config, num_classes: int, image_sizes, batch_size: int, models, repeat
 
 def format_table(result: dict) -> str:
   lines = [f"{result['model']} on {result['device']} ({result['backend']}, "
-           f"{result['local_devices']} devices), batch {result['batch_size']}, "
+           f"{result['local_devices']} devices, {result['allocator']} malloc), "
+           f"batch {result['batch_size']}, "
            f"{result['compute_dtype']}; matmul peak f32 "
            f"{result['matmul_peak_gflop_per_s']['float32']:.0f} GFLOP/s, bf16 "
            f"{result['matmul_peak_gflop_per_s']['bfloat16']:.0f} GFLOP/s",
@@ -196,6 +223,10 @@ def format_table(result: dict) -> str:
 def main(argv):
   del argv
   config = FLAGS.config
+  if FLAGS.profile_dir:
+    # Per-op spans on CPU; must be set before the backend starts. It slows ops a little, so
+    # the timed table of the same run is slightly pessimistic.
+    profiling.enable_cpu_op_tracing()
   if FLAGS.sweep:
     result = {'sweep': sweep(config, FLAGS.num_classes, [int(s) for s in FLAGS.sweep_image_sizes],
                              FLAGS.sweep_batch_size, FLAGS.sweep_models, FLAGS.repeats,
@@ -207,6 +238,13 @@ def main(argv):
       print(f'error: {e}', file=sys.stderr)
       sys.exit(2)
     print(format_table(result))
+    if FLAGS.profile_dir:
+      rows = profile_train_step(config, FLAGS.num_classes, FLAGS.profile_dir,
+                                FLAGS.profile_steps, FLAGS.warmup)
+      result['train_profile'] = rows
+      print(f'\nWhere the train step\'s time goes ({FLAGS.profile_steps} traced steps; trace in '
+            f'{FLAGS.profile_dir}):')
+      print(profiling.format_breakdown(rows))
   if FLAGS.output:
     with open(FLAGS.output, 'w') as f:
       json.dump(result, f, indent=2)

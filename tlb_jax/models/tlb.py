@@ -16,14 +16,19 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tlb_jax.models.layers import AttentionBlock, Dtype, PatchEmbed, classification_head
+from tlb_jax.models.layers import (DROPOUT_MASK, AttentionBlock, Dtype, PatchEmbed,
+                                   classification_head)
 
 HEADS = ('slow_mean', 'fast_last_mean')
 SLOW_STREAM_INITS = ('learned', 'zeros')
 # What the backward pass keeps from each chunk's forward pass; the rest is recomputed.
 REMAT_POLICIES = {
     'full': jax.checkpoint_policies.nothing_saveable,
-    'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # Projection outputs and dropout masks: redrawing the masks' random bits costs more than
+    # storing them, one byte per element.
+    'dots': jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+        jax.checkpoint_policies.save_only_these_names(DROPOUT_MASK)),
 }
 REMAT_CHOICES = ('none',) + tuple(REMAT_POLICIES)
 
@@ -92,7 +97,8 @@ class TLB(nn.Module):
     dtype: compute dtype; parameters are float32.
     scan_unroll: chunks per iteration of the compiled scan loop.
     remat: what the backward pass recomputes instead of storing for every chunk: 'none'
-      (store everything), 'dots' (store projection outputs, recompute the rest) or 'full'
+      (store everything), 'dots' (store projection outputs and dropout masks, recompute the
+      rest) or 'full'
       (store only the carried streams).
   """
 

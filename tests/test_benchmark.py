@@ -1,0 +1,92 @@
+"""The benchmark command, its profile breakdown, and the allocator check."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import optax
+
+from tlb_jax import allocator, profiling
+from tlb_jax.models.tlb import TLB
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_benchmark_command_writes_timings_flops_and_a_train_step_profile(tmp_path):
+  """`python -m tlb_jax.benchmark --profile_dir` prints the table and writes JSON with both
+  steps' timings and FLOPs and a profile whose largest kinds include the backward scan's
+  matmuls."""
+  output, trace_dir = tmp_path / 'bench.json', tmp_path / 'trace'
+  process = subprocess.run(
+      [sys.executable, '-m', 'tlb_jax.benchmark', '--config=configs/smoke.py', '--repeats=2',
+       '--warmup=1', '--profile_steps=2', f'--profile_dir={trace_dir}', f'--output={output}'],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=540, check=False)
+  assert process.returncode == 0, process.stderr[-3000:]
+  assert '| train |' in process.stdout and '| backward, in a loop | matmul |' in process.stdout
+  result = json.loads(output.read_text())
+  for step in ('train', 'eval'):
+    assert result[step]['images_per_s'] > 0 and result[step]['gflop_per_image'] > 0
+  assert result['train']['gflop_per_image'] > 2 * result['eval']['gflop_per_image']
+  assert result['allocator'] in ('system', 'tcmalloc', 'jemalloc')
+  profile = result['train_profile']
+  assert abs(sum(row['share'] for row in profile) - 1) < 1e-6
+  backward_loop_matmul = [row for row in profile
+                          if (row['phase'], row['kind']) == ('backward, in a loop', 'matmul')]
+  assert backward_loop_matmul and backward_loop_matmul[0]['ms'] > 0
+  assert list(trace_dir.rglob('*.xplane.pb'))
+
+
+def test_self_time_subtracts_the_spans_nested_directly_inside():
+  """A loop span of 10 holding body spans of 3 and 4 has self time 3; a span nested two levels
+  down counts against its direct parent only."""
+  spans = [(0, 10, 'while'), (1, 3, 'body_op'), (5, 4, 'fusion'), (6, 1, 'inner')]
+  assert profiling.self_times_of_spans(spans) == {'while': 3, 'body_op': 3, 'fusion': 3,
+                                                  'inner': 1}
+
+
+def test_classify_ops_finds_scan_matmuls_backward_and_dropout_random_bits():
+  """In the compiled gradient of a TLB with dropout, some ops are backward matmuls in the chunk
+  loop, some forward matmuls in it, and some the dropout's random bits."""
+  model = TLB(num_classes=10, patch_size=4, embed_dim=16, chunk_size=4, num_latents=2,
+              num_layers=2, num_heads=2, mlp_ratio=2, dropout_rate=0.1)
+  images = np.zeros((2, 16, 16, 3), np.float32)
+  params = model.init(jax.random.PRNGKey(0), images, train=False)['params']
+
+  def loss(params):
+    logits = model.apply({'params': params}, images, train=True,
+                         rngs={'dropout': jax.random.PRNGKey(1)})
+    return optax.softmax_cross_entropy_with_integer_labels(logits, np.zeros(2, np.int32)).mean()
+
+  hlo = jax.jit(jax.grad(loss)).lower(params).compile().as_text()
+  classes = set(profiling.classify_ops(hlo).values())
+  assert ('backward, in a loop', 'matmul') in classes
+  assert ('forward, in a loop', 'matmul') in classes
+  assert any(kind == 'dropout' for _, kind in classes)
+
+
+def test_breakdown_groups_op_times_by_phase_and_kind_largest_first():
+  """Ops of one (phase, kind) are summed; ops missing from the HLO are reported, not dropped."""
+  hlo = '\n'.join([
+      'ENTRY %main (p: f32[4,4]) -> f32[4,4] {',
+      '  %a = f32[4,4] dot(%p, %p), metadata={op_name="jit(f)/transpose(jvp(m))/while/body/dot"}',
+      '  %b = f32[4,4] add(%a, %a), metadata={op_name="jit(f)/jvp(m)/add"}',
+      '  ROOT %c = f32[4,4] dot(%b, %b), metadata={op_name="jit(f)/transpose(jvp(m))/while/x"}',
+      '}'])
+  rows = profiling.breakdown({'a': 2.0, 'b': 1.0, 'c': 3.0, 'gone': 2.0}, hlo)
+  assert [(r['phase'], r['kind'], r['ms']) for r in rows] == [
+      ('backward, in a loop', 'matmul', 5.0), ("not in the step's HLO", 'other', 2.0),
+      ('forward, outside loops', 'other', 1.0)]
+  np.testing.assert_allclose([r['share'] for r in rows], [0.625, 0.25, 0.125])
+
+
+def test_preloaded_allocator_is_read_from_the_process_memory_map(tmp_path):
+  """tcmalloc or jemalloc mapped into the process is reported by name; otherwise 'system'."""
+  maps = tmp_path / 'maps'
+  maps.write_text('7f00-7f10 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4\n')
+  assert allocator.preloaded_allocator(str(maps)) == 'tcmalloc'
+  maps.write_text('7f00-7f10 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libc.so.6\n')
+  assert allocator.preloaded_allocator(str(maps)) == 'system'
+  assert allocator.preloaded_allocator(str(tmp_path / 'missing')) == 'system'

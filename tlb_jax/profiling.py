@@ -1,0 +1,141 @@
+"""Where a compiled step's time goes: a `jax.profiler` trace of it, summed per XLA op.
+
+Each op's self time (its span minus the spans of ops nested in it, such as a while loop's body)
+is summed over the traced calls and grouped by
+
+  phase: 'forward' or 'backward' (the op's source is under `transpose(...)`), and whether it
+         runs inside a loop (`.../while/...`: the chunk scan, or an RNG loop inside it);
+  kind:  'matmul' (dots and convolutions, fused or not), 'dropout' (ops under a Dropout layer:
+         drawing the random bits, applying the mask and its gradient) or 'other' (elementwise,
+         reductions, copies). Ops without source metadata (fusions and copies XLA creates,
+         buffer fills) form their own phase.
+
+On CPU, XLA records per-op spans only with `--xla_cpu_enable_xprof_traceme=true` in XLA_FLAGS,
+set before the backend starts (`enable_cpu_op_tracing`). Tracing adds overhead (10-25% here),
+so the shares, not the absolute times, are the result; time steps without tracing.
+"""
+
+import collections
+import glob
+import os
+import re
+
+import jax
+
+CPU_OP_TRACING_FLAG = '--xla_cpu_enable_xprof_traceme=true'
+# Spans of the runtime itself (executor, thread pool, Python), not of HLO ops.
+RUNTIME_SPAN_PREFIXES = ('ThunkExecutor', 'SlinkyThreadPool', '$', 'Pjit', 'PjRt', 'TfrtCpu')
+_INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = .*$')
+_COMPUTATION = re.compile(r'^(?:ENTRY )?%?([\w.\-]+) \(.*\{\s*$')
+
+
+def enable_cpu_op_tracing() -> None:
+  """Adds the per-op tracing flag to XLA_FLAGS; call before any computation runs."""
+  flags = os.environ.get('XLA_FLAGS', '')
+  if CPU_OP_TRACING_FLAG not in flags:
+    os.environ['XLA_FLAGS'] = f'{flags} {CPU_OP_TRACING_FLAG}'.strip()
+
+
+def capture(run_step, num_steps: int, log_dir: str) -> str:
+  """Traces `num_steps` calls of `run_step()` (which must block) into `log_dir`.
+
+  Returns the path of the trace's `.xplane.pb`, which TensorBoard's profile plugin (or xprof)
+  opens.
+  """
+  with jax.profiler.trace(log_dir):
+    for _ in range(num_steps):
+      run_step()
+  paths = sorted(glob.glob(os.path.join(log_dir, '**', '*.xplane.pb'), recursive=True),
+                 key=os.path.getmtime)
+  if not paths:
+    raise RuntimeError(f'jax.profiler wrote no .xplane.pb under {log_dir}')
+  return paths[-1]
+
+
+def self_times_ms(xplane_path: str, num_steps: int) -> dict[str, float]:
+  """Per-op self time in ms per step: {span name: ms}, runtime spans excluded."""
+  # TensorFlow ships the XPlane protobuf; it is already a dependency (TFDS).
+  from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
+  space = xplane_pb2.XSpace()
+  with open(xplane_path, 'rb') as f:
+    space.ParseFromString(f.read())
+  totals = collections.Counter()
+  for plane in space.planes:
+    for line in plane.lines:
+      totals.update(self_times_of_spans(
+          (e.offset_ps, e.duration_ps, plane.event_metadata[e.metadata_id].name)
+          for e in line.events))
+  return {name: ps / 1e9 / num_steps for name, ps in totals.items()
+          if not name.startswith(RUNTIME_SPAN_PREFIXES)}
+
+
+def self_times_of_spans(spans) -> collections.Counter:
+  """{name: summed self time} of one thread's (start, duration, name) spans, which nest."""
+  totals = collections.Counter()
+  open_spans = []  # [end, name, start, time of directly nested spans], outermost first
+
+  def close(span):
+    end, name, start, nested = span
+    totals[name] += (end - start) - nested
+    if open_spans:
+      open_spans[-1][3] += end - start
+
+  for start, duration, name in sorted(spans, key=lambda s: (s[0], -s[1])):
+    while open_spans and open_spans[-1][0] <= start:
+      close(open_spans.pop())
+    open_spans.append([start + duration, name, start, 0])
+  while open_spans:
+    close(open_spans.pop())
+  return totals
+
+
+def classify_ops(hlo_text: str) -> dict[str, tuple[str, str]]:
+  """{instruction name: (phase, kind)} for every instruction of compiled HLO text."""
+  matmul_computations = set()
+  computation = None
+  for line in hlo_text.splitlines():
+    header = _COMPUTATION.match(line)
+    if header:
+      computation = header.group(1)
+    elif computation and re.search(r' (dot|convolution)\(', line):
+      matmul_computations.add(computation)
+  ops = {}
+  for line in hlo_text.splitlines():
+    match = _INSTRUCTION.match(line)
+    if not match:
+      continue
+    source = re.search(r'op_name="([^"]*)"', line)
+    source = source.group(1) if source else ''
+    called = re.search(r'calls=%?([\w.\-]+)', line)
+    if re.search(r' (dot|convolution)\(', line) or (called and
+                                                      called.group(1) in matmul_computations):
+      kind = 'matmul'
+    elif re.search(r'/Dropout[^/]*/', source):
+      kind = 'dropout'
+    else:
+      kind = 'other'
+    if not source:
+      phase = 'no source metadata (XLA-made fusions, copies, fills)'
+    else:
+      phase = 'backward' if 'transpose(' in source else 'forward'
+      phase += ', in a loop' if '/while/' in source else ', outside loops'
+    ops.setdefault(match.group(1), (phase, kind))
+  return ops
+
+
+def breakdown(op_ms: dict[str, float], hlo_text: str) -> list[dict]:
+  """Rows {'phase', 'kind', 'ms', 'share'}, largest first; ops absent from the HLO are 'other'."""
+  classes = classify_ops(hlo_text)
+  groups = collections.Counter()
+  for name, ms in op_ms.items():
+    groups[classes.get(name, ('not in the step\'s HLO', 'other'))] += ms
+  total = sum(groups.values()) or 1.0
+  return [{'phase': phase, 'kind': kind, 'ms': ms, 'share': ms / total}
+          for (phase, kind), ms in groups.most_common()]
+
+
+def format_breakdown(rows: list[dict]) -> str:
+  lines = ['| phase | kind | ms/step (traced) | share |', '| --- | --- | --- | --- |']
+  lines += [f"| {r['phase']} | {r['kind']} | {r['ms']:.1f} | {100 * r['share']:.0f}% |"
+            for r in rows]
+  return '\n'.join(lines)
