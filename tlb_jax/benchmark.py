@@ -2,6 +2,8 @@
 
   python -m tlb_jax.benchmark --config=configs/cifar10_seed.py --config.batch_size=256
   python -m tlb_jax.benchmark --config=configs/cifar10_seed.py --sweep   # tokens sweep, tlb vs vit
+  python -m tlb_jax.benchmark --config=configs/cifar10_seed.py --profile_dir=/tmp/trace  # + where
+      # the train step's time goes (tlb_jax.profiling)
 
 Times the pmapped `train.train_step` (augmentation included) and `train.eval_step` on random
 uint8 batches: warm-up calls excluded, the median of `--repeats` calls reported. FLOPs come
