@@ -13,7 +13,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 Dtype = Any
 
-# The name `Dropout` gives its keep-masks, for remat policies (`jax.checkpoint_policies`).
+# Name of `Dropout`'s keep-masks, by which a remat policy can store them.
 DROPOUT_MASK = 'dropout_mask'
 
 # Seed (Keras) LayerNormalization epsilon; kept so the seed-faithful config matches it.
@@ -30,8 +30,8 @@ def resolve_dtype(name: str) -> jnp.dtype:
 class Dropout(nn.Module):
   """`nn.Dropout` (same masks for the same rng) whose keep-mask is named 'dropout_mask'.
 
-  The name lets a remat policy store the mask (one byte per element) instead of drawing the
-  random bits again in the backward pass: threefry is a large share of a CPU train step.
+  The name lets a remat policy store the mask (one byte per element) instead of drawing its
+  random bits (threefry) again when the backward pass recomputes the layer.
   """
 
   rate: float
