@@ -116,12 +116,14 @@ def _pmapped_steps(config, num_classes: int):
   batches, and a function giving the compiled train step's HLO text."""
   devices = jax.local_device_count()
   state, train_step, eval_step = _steps(config, num_classes)
-  p_train = jax.pmap(train_step, axis_name='batch', donate_argnums=(0,))
   p_eval = jax.pmap(eval_step, axis_name='batch')
   shard = lambda b: {k: v.reshape((devices, -1) + v.shape[1:]) for k, v in b.items()}
   train_batch = shard(_synthetic_batch(config, config.batch_size, num_classes, mask=False))
   eval_batch = shard(_synthetic_batch(config, config.batch_size, num_classes, mask=True))
   replicated = {'state': jax_utils.replicate(state, axis_name='batch')}
+  # Compiled ahead of time so that the profile reads the HLO of the very program it traces.
+  p_train = jax.pmap(train_step, axis_name='batch', donate_argnums=(0,)).lower(
+      replicated['state'], train_batch).compile()
 
   def run_train():
     replicated['state'], step_metrics = p_train(replicated['state'], train_batch)
@@ -130,53 +132,52 @@ def _pmapped_steps(config, num_classes: int):
   def run_eval():
     jax.block_until_ready(p_eval(replicated['state'].params, eval_batch))
 
-  def train_hlo_text() -> str:
-    return p_train.lower(replicated['state'], train_batch).compile().as_text()
-
-  return run_train, run_eval, train_hlo_text
+  return run_train, run_eval, p_train.as_text
 
 
-def measure(config, num_classes: int, repeats: int, warmup: int) -> dict[str, dict]:
-  """Times the pmapped train and eval steps at `config.batch_size` (global)."""
-  run_train, run_eval, _ = _pmapped_steps(config, num_classes)
+def measure(batch_size: int, run_train, run_eval, repeats: int,
+            warmup: int) -> dict[str, dict]:
+  """Times `run_train` and `run_eval` (from `_pmapped_steps`) on `batch_size` images."""
   results = {}
   for name, fn in (('train', run_train), ('eval', run_eval)):
     seconds = median_seconds(fn, repeats, warmup)
-    results[name] = {'ms_per_step': seconds * 1e3,
-                     'images_per_s': config.batch_size / seconds}
+    results[name] = {'ms_per_step': seconds * 1e3, 'images_per_s': batch_size / seconds}
   return results
 
 
-def profile_train_step(config, num_classes: int, log_dir: str, num_steps: int,
-                       warmup: int) -> list[dict]:
-  """Traces `num_steps` train steps into `log_dir`; returns `profiling.breakdown` rows."""
-  run_train, _, train_hlo_text = _pmapped_steps(config, num_classes)
-  for _ in range(warmup):
-    run_train()
+def profile_train_step(run_train, train_hlo_text, log_dir: str, num_steps: int) -> list[dict]:
+  """Traces `num_steps` warm train steps into `log_dir`; returns `profiling.breakdown` rows."""
   trace = profiling.capture(run_train, num_steps, log_dir)
   return profiling.breakdown(profiling.self_times_ms(trace, num_steps), train_hlo_text())
 
 
-def benchmark(config, num_classes: int, repeats: int, warmup: int) -> dict:
-  """The full table for one config: peaks, step times, FLOPs and the fraction of peak."""
+def benchmark(config, num_classes: int, repeats: int, warmup: int,
+              profile_dir: str | None = None, profile_steps: int = 3) -> dict:
+  """The full table for one config: peaks, step times, FLOPs and the fraction of peak; with
+  `profile_dir`, also 'train_profile', where the timed train step's time goes."""
   config_validation.validate(config, jax.local_device_count())
   compute_dtype = np.dtype(layers.resolve_dtype(config.dtype)).name
   peaks = {'float32': matmul_peak(jnp.float32), 'bfloat16': matmul_peak(jnp.bfloat16)}
   gflops = step_gflops(config, config.batch_size, num_classes)
-  timings = measure(config, num_classes, repeats, warmup)
+  run_train, run_eval, train_hlo_text = _pmapped_steps(config, num_classes)
+  timings = measure(config.batch_size, run_train, run_eval, repeats, warmup)
   peak = peaks.get(compute_dtype, peaks['float32'])
   for name, row in timings.items():
     row['gflop_per_image'] = gflops[name] / config.batch_size
     row['gflop_per_s'] = gflops[name] / (row['ms_per_step'] / 1e3)
     row['peak_fraction'] = row['gflop_per_s'] / peak
     row['compute_limit_images_per_s'] = peak / row['gflop_per_image']
-  return {
+  result = {
       'device': str(jax.devices()[0].device_kind), 'backend': jax.default_backend(),
       'local_devices': jax.local_device_count(), 'model': config.model,
       'allocator': allocator.preloaded_allocator(),
       'batch_size': config.batch_size, 'compute_dtype': compute_dtype,
       'matmul_peak_gflop_per_s': peaks, **timings,
   }
+  if profile_dir:
+    result['train_profile'] = profile_train_step(run_train, train_hlo_text, profile_dir,
+                                                 profile_steps)
+  return result
 
 
 def sweep(config, num_classes: int, image_sizes, batch_size: int, models, repeats: int,
@@ -196,7 +197,8 @@ def sweep(config, num_classes: int, image_sizes, batch_size: int, models, repeat
       c.image_size = c.resize_size = size
       c.batch_size = c.eval_batch_size = batch_size
       tokens = (size // base.patch_size) ** 2
-      timing = measure(c, num_classes, repeats, warmup)['train']
+      run_train, run_eval, _ = _pmapped_steps(c, num_classes)
+      timing = measure(batch_size, run_train, run_eval, repeats, warmup)['train']
       row = {'model': model_name, 'image_size': size, 'tokens': tokens, **timing,
              'us_per_token': timing['ms_per_step'] * 1e3 / (batch_size * tokens)}
       rows.append(row)
@@ -226,8 +228,8 @@ def main(argv):
   del argv
   config = FLAGS.config
   if FLAGS.profile_dir:
-    # Per-op spans on CPU; must be set before the backend starts. It slows ops a little, so
-    # the timed table of the same run is slightly pessimistic.
+    # Per-op spans on CPU; must be set before the backend starts. Spans are recorded only
+    # while the trace runs, after the timing.
     profiling.enable_cpu_op_tracing()
   if FLAGS.sweep:
     result = {'sweep': sweep(config, FLAGS.num_classes, [int(s) for s in FLAGS.sweep_image_sizes],
@@ -235,18 +237,16 @@ def main(argv):
                              FLAGS.warmup)}
   else:
     try:
-      result = benchmark(config, FLAGS.num_classes, FLAGS.repeats, FLAGS.warmup)
+      result = benchmark(config, FLAGS.num_classes, FLAGS.repeats, FLAGS.warmup,
+                         FLAGS.profile_dir, FLAGS.profile_steps)
     except config_validation.ConfigError as e:
       print(f'error: {e}', file=sys.stderr)
       sys.exit(2)
     print(format_table(result))
-    if FLAGS.profile_dir:
-      rows = profile_train_step(config, FLAGS.num_classes, FLAGS.profile_dir,
-                                FLAGS.profile_steps, FLAGS.warmup)
-      result['train_profile'] = rows
+    if 'train_profile' in result:
       print(f'\nWhere the train step\'s time goes ({FLAGS.profile_steps} traced steps; trace in '
             f'{FLAGS.profile_dir}):')
-      print(profiling.format_breakdown(rows))
+      print(profiling.format_breakdown(result['train_profile']))
   if FLAGS.output:
     with open(FLAGS.output, 'w') as f:
       json.dump(result, f, indent=2)
