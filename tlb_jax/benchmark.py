@@ -135,11 +135,11 @@ def _pmapped_steps(config, num_classes: int):
   return run_train, run_eval, p_train.as_text
 
 
-def measure(batch_size: int, run_train, run_eval, repeats: int,
-            warmup: int) -> dict[str, dict]:
-  """Times `run_train` and `run_eval` (from `_pmapped_steps`) on `batch_size` images."""
+def measure(batch_size: int, steps: dict, repeats: int, warmup: int) -> dict[str, dict]:
+  """Times each of `steps` ({name: blocking callable from `_pmapped_steps`}) on `batch_size`
+  images."""
   results = {}
-  for name, fn in (('train', run_train), ('eval', run_eval)):
+  for name, fn in steps.items():
     seconds = median_seconds(fn, repeats, warmup)
     results[name] = {'ms_per_step': seconds * 1e3, 'images_per_s': batch_size / seconds}
   return results
@@ -160,7 +160,7 @@ def benchmark(config, num_classes: int, repeats: int, warmup: int,
   peaks = {'float32': matmul_peak(jnp.float32), 'bfloat16': matmul_peak(jnp.bfloat16)}
   gflops = step_gflops(config, config.batch_size, num_classes)
   run_train, run_eval, train_hlo_text = _pmapped_steps(config, num_classes)
-  timings = measure(config.batch_size, run_train, run_eval, repeats, warmup)
+  timings = measure(config.batch_size, {'train': run_train, 'eval': run_eval}, repeats, warmup)
   peak = peaks.get(compute_dtype, peaks['float32'])
   for name, row in timings.items():
     row['gflop_per_image'] = gflops[name] / config.batch_size
@@ -197,8 +197,8 @@ def sweep(config, num_classes: int, image_sizes, batch_size: int, models, repeat
       c.image_size = c.resize_size = size
       c.batch_size = c.eval_batch_size = batch_size
       tokens = (size // base.patch_size) ** 2
-      run_train, run_eval, _ = _pmapped_steps(c, num_classes)
-      timing = measure(batch_size, run_train, run_eval, repeats, warmup)['train']
+      run_train, _, _ = _pmapped_steps(c, num_classes)
+      timing = measure(batch_size, {'train': run_train}, repeats, warmup)['train']
       row = {'model': model_name, 'image_size': size, 'tokens': tokens, **timing,
              'us_per_token': timing['ms_per_step'] * 1e3 / (batch_size * tokens)}
       rows.append(row)
