@@ -281,3 +281,50 @@ def test_eval_preprocess_resizes_to_image_size():
   assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
   np.testing.assert_allclose(augment.eval_preprocess(images, image_size=32), images / 255.0,
                              rtol=1e-6)
+
+
+def _unit_images(batch=6, size=8, seed=0):
+  return np.random.default_rng(seed).uniform(size=(batch, size, size, 3)).astype(np.float32)
+
+
+def test_mixup_averages_each_image_with_its_partner_in_the_reversed_batch():
+  images = _unit_images()
+  mixed, weight = augment.mix_batch(jax.random.PRNGKey(0), images, mixup_alpha=0.4,
+                                    cutmix_alpha=0.0)
+  assert 0.0 < float(weight) < 1.0
+  np.testing.assert_allclose(mixed, weight * images + (1 - weight) * images[::-1], rtol=1e-6)
+
+
+def test_cutmix_pastes_one_box_of_the_partner_whose_area_is_one_minus_the_weight():
+  images = _unit_images(size=32)
+  for seed in range(5):
+    mixed, weight = augment.mix_batch(jax.random.PRNGKey(seed), images, mixup_alpha=0.0,
+                                      cutmix_alpha=1.0)
+    mixed = np.asarray(mixed)
+    from_partner = np.all(mixed == images[::-1], axis=-1)
+    assert np.all(from_partner | np.all(mixed == images, axis=-1))
+    pasted = from_partner[0]  # the same box in every image
+    np.testing.assert_array_equal(from_partner, np.broadcast_to(pasted, from_partner.shape))
+    rows, cols = np.nonzero(pasted)
+    if rows.size:
+      assert pasted[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()  # a box
+    np.testing.assert_allclose(float(weight), 1.0 - pasted.mean(), rtol=1e-6)
+
+
+def test_with_both_alphas_each_batch_uses_mixup_or_cutmix():
+  images = _unit_images(size=16)
+  kinds = set()
+  for seed in range(20):
+    mixed, weight = augment.mix_batch(jax.random.PRNGKey(seed), images, mixup_alpha=1.0,
+                                      cutmix_alpha=1.0)
+    mixed = np.asarray(mixed)
+    if np.allclose(mixed, weight * images + (1 - weight) * images[::-1], rtol=1e-6):
+      kinds.add('mixup')
+    elif np.all((mixed == images) | (mixed == images[::-1])):
+      kinds.add('cutmix')
+  assert kinds == {'mixup', 'cutmix'}
+
+
+def test_mix_batch_without_an_alpha_is_an_error():
+  with pytest.raises(ValueError, match='mixup_alpha > 0 or cutmix_alpha > 0'):
+    augment.mix_batch(jax.random.PRNGKey(0), _unit_images(), mixup_alpha=0.0, cutmix_alpha=0.0)

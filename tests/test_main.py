@@ -189,6 +189,8 @@ def _smoke_with(**overrides):
     (dict(weight_decay=-0.1), 1, '--config.weight_decay'),
     (dict(grad_clip_norm=-1.0), 1, '--config.grad_clip_norm'),
     (dict(label_smoothing=1.0), 1, '--config.label_smoothing=1.0 must be in [0, 1)'),
+    (dict(mixup_alpha=-0.2), 1, '--config.mixup_alpha=-0.2 must be >= 0 and finite'),
+    (dict(cutmix_alpha=float('nan')), 1, '--config.cutmix_alpha=nan must be >= 0 and finite'),
     (dict(resize_size=12), 1, '--config.resize_size=12 must be >= --config.image_size=16'),
     (dict(batch_size=127), 2, '--config.batch_size=127 must be divisible by the 2'),
     (dict(eval_batch_size=501), 2, '--config.eval_batch_size=501 must be divisible by the 2'),

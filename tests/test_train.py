@@ -15,7 +15,7 @@ from flax import jax_utils
 
 from configs import cifar10, smoke
 from tfds_mock import mock_cifar
-from tlb_jax import checkpointing, input_pipeline, train
+from tlb_jax import augment, checkpointing, input_pipeline, train
 from tlb_jax.models.tlb import TLB
 
 NUM_CLASSES = 10
@@ -119,6 +119,28 @@ def test_tiny_model_overfits_a_fixed_batch(tiny):
   _, last = _run_steps(step, state, batch, num_devices=1, num_steps=100)
   assert last['loss'] < 0.1 * first['loss']
   assert last['accuracy'] == 1.0
+
+
+@pytest.mark.parametrize('alphas', [dict(mixup_alpha=0.4), dict(cutmix_alpha=1.0)],
+                         ids=['mixup', 'cutmix'])
+def test_mixed_batch_loss_weighs_own_and_partner_labels(tiny, alphas):
+  """With mixup or CutMix the step's loss is w * CE(label) + (1 - w) * CE(partner's label) on
+  the mixed images, w and the images drawn from the step's augmentation key."""
+  model, state, step = tiny
+  batch = _batch(8, seed=2)
+  _, step_metrics = _run_steps(functools.partial(step, **alphas), state, batch, num_devices=1)
+
+  rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), 0)
+  augment_rng, _ = jax.random.split(rng)
+  mixed, weight = augment.mix_batch(jax.random.fold_in(augment_rng, 2),
+                                    augment.to_unit_float(batch['image']),
+                                    **{'mixup_alpha': 0.0, 'cutmix_alpha': 0.0, **alphas})
+  logits = model.apply({'params': state.params}, mixed, train=False)
+  labels = batch['label']
+  expected = (weight * train.cross_entropy_loss(logits, labels)
+              + (1 - weight) * train.cross_entropy_loss(logits, labels[::-1])).mean()
+  assert 0.0 < float(weight) < 1.0
+  np.testing.assert_allclose(step_metrics['loss'], expected, rtol=1e-5)
 
 
 def test_evaluate_counts_every_example_once_with_padding(tiny):

@@ -1,7 +1,8 @@
 """Image preprocessing that runs on the accelerator, inside the jitted train and eval steps.
 
 Matches the seed: rescale to [0, 1], resize, then for training a random crop and a random
-horizontal flip; for evaluation a resize to the model's input size.
+horizontal flip; for evaluation a resize to the model's input size. Optionally, training batches
+are then blended by mixup or CutMix (`mix_batch`).
 """
 
 import jax
@@ -47,3 +48,53 @@ def train_preprocess(rng, images, *, resize_size: int, image_size: int, flip: bo
 def eval_preprocess(images, *, image_size: int):
   """uint8 (B, h, w, 3) -> float32 (B, image_size, image_size, 3) in [0, 1]."""
   return resize(to_unit_float(images), image_size)
+
+
+def _beta(rng, alpha: float):
+  """A Beta(alpha, alpha) sample; alpha == 0 gives 1.0 (no mixing)."""
+  return jax.random.beta(rng, alpha, alpha) if alpha > 0 else jnp.float32(1.0)
+
+
+def cutmix_box(rng, height: int, width: int, weight):
+  """(height, width) bool mask of a box of area about (1 - weight) * height * width at a uniform
+  random center, clipped to the image (CutMix, Yun et al. 2019)."""
+  cut = jnp.sqrt(1.0 - weight)
+  center_row, center_col = jax.random.uniform(rng, (2,))
+  top = jnp.clip(jnp.round((center_row - cut / 2) * height), 0, height)
+  bottom = jnp.clip(jnp.round((center_row + cut / 2) * height), 0, height)
+  left = jnp.clip(jnp.round((center_col - cut / 2) * width), 0, width)
+  right = jnp.clip(jnp.round((center_col + cut / 2) * width), 0, width)
+  rows = jnp.arange(height)[:, None]
+  cols = jnp.arange(width)[None, :]
+  return (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
+
+
+def mix_batch(rng, images, *, mixup_alpha: float, cutmix_alpha: float,
+              cutmix_probability: float = 0.5):
+  """Blends each image of (B, H, W, C) with its partner in the reversed batch (timm's pairing).
+
+  One weight per batch: mixup (Zhang et al. 2018) averages the pair with weight
+  w ~ Beta(mixup_alpha, mixup_alpha); CutMix pastes a box of the partner over the image and w is
+  the fraction of the image left. With both alphas > 0, CutMix is used with
+  `cutmix_probability`. The loss of a mixed image is w * loss(label) + (1 - w) *
+  loss(partner's label), the partners' labels being `labels[::-1]`.
+
+  Returns:
+    (mixed images (B, H, W, C), w: float32 scalar).
+  """
+  if mixup_alpha <= 0 and cutmix_alpha <= 0:
+    raise ValueError('mix_batch needs mixup_alpha > 0 or cutmix_alpha > 0')
+  choice_rng, mixup_rng, cutmix_rng, box_rng = jax.random.split(rng, 4)
+  partners = images[::-1]
+  mixup_weight = _beta(mixup_rng, mixup_alpha)
+  mixed_up = mixup_weight * images + (1.0 - mixup_weight) * partners
+  if cutmix_alpha <= 0:
+    return mixed_up, mixup_weight
+  box = cutmix_box(box_rng, images.shape[1], images.shape[2], _beta(cutmix_rng, cutmix_alpha))
+  cut = jnp.where(box[None, :, :, None], partners, images)
+  cut_weight = 1.0 - box.mean()  # the box was clipped: the weight is the area actually kept
+  if mixup_alpha <= 0:
+    return cut, cut_weight
+  use_cutmix = jax.random.bernoulli(choice_rng, cutmix_probability)
+  return (jnp.where(use_cutmix, cut, mixed_up),
+          jnp.where(use_cutmix, cut_weight, mixup_weight))

@@ -61,6 +61,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   if config.weight_decay < 0 or config.grad_clip_norm < 0:
     raise ConfigError('--config.weight_decay and --config.grad_clip_norm must be >= 0')
   _unit_interval('label_smoothing', config.label_smoothing)
+  for field in ('mixup_alpha', 'cutmix_alpha'):
+    if not 0 <= config[field] < math.inf:
+      raise ConfigError(f'--config.{field}={config[field]} must be >= 0 and finite (0: off)')
   if config.resize_size < config.image_size:
     raise ConfigError(f'--config.resize_size={config.resize_size} must be >= '
                       f'--config.image_size={config.image_size} (the random crop)')

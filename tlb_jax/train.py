@@ -109,8 +109,13 @@ def top5_correct(logits, labels):
 
 def train_step(state: TrainState, batch, *, learning_rate_fn, resize_size: int,
                image_size: int, random_flip: bool, label_smoothing: float,
+               mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
                skip_nonfinite_steps: bool = False):
   """One AdamW step on a per-device batch; gradients and metrics are averaged over 'batch'.
+
+  With `mixup_alpha` or `cutmix_alpha` > 0 the augmented images are blended in pairs
+  (`augment.mix_batch`) and the loss weighs both labels; the accuracy metrics still compare
+  against each image's own label.
 
   A step whose loss or gradient is not finite is reported in the metrics ('nonfinite'); with
   `skip_nonfinite_steps` it leaves parameters and optimizer state unchanged (the step count
@@ -129,11 +134,20 @@ def train_step(state: TrainState, batch, *, learning_rate_fn, resize_size: int,
   images = augment.train_preprocess(augment_rng, batch['image'], resize_size=resize_size,
                                     image_size=image_size, flip=random_flip)
   labels = batch['label']
+  own_label_weight = 1.0
+  if mixup_alpha > 0 or cutmix_alpha > 0:
+    # fold_in rather than a wider split keeps the crop, flip and dropout draws of unmixed runs.
+    images, own_label_weight = augment.mix_batch(
+        jax.random.fold_in(augment_rng, 2), images, mixup_alpha=mixup_alpha,
+        cutmix_alpha=cutmix_alpha)
 
   def loss_fn(params):
     logits = state.apply_fn({'params': params}, images, train=True,
                             rngs={'dropout': dropout_rng})
     losses = cross_entropy_loss(logits, labels, label_smoothing)
+    if mixup_alpha > 0 or cutmix_alpha > 0:
+      losses = (own_label_weight * losses + (1.0 - own_label_weight)
+                * cross_entropy_loss(logits, labels[::-1], label_smoothing))
     return losses.mean(), (losses, logits)
 
   grads, (losses, logits) = jax.grad(loss_fn, has_aux=True)(state.params)
@@ -193,7 +207,8 @@ def make_train_step(config: ml_collections.ConfigDict, learning_rate_fn: optax.S
   return functools.partial(
       train_step, learning_rate_fn=learning_rate_fn, resize_size=config.resize_size,
       image_size=config.image_size, random_flip=config.random_flip,
-      label_smoothing=config.label_smoothing, skip_nonfinite_steps=config.skip_nonfinite_steps)
+      label_smoothing=config.label_smoothing, mixup_alpha=config.mixup_alpha,
+      cutmix_alpha=config.cutmix_alpha, skip_nonfinite_steps=config.skip_nonfinite_steps)
 
 
 def make_eval_step(config: ml_collections.ConfigDict, model):
