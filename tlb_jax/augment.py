@@ -50,11 +50,6 @@ def eval_preprocess(images, *, image_size: int):
   return resize(to_unit_float(images), image_size)
 
 
-def _beta(rng, alpha: float):
-  """A Beta(alpha, alpha) sample; alpha == 0 gives 1.0 (no mixing)."""
-  return jax.random.beta(rng, alpha, alpha) if alpha > 0 else jnp.float32(1.0)
-
-
 def cutmix_box(rng, height: int, width: int, weight):
   """(height, width) bool mask of a box of area about (1 - weight) * height * width at a uniform
   random center, clipped to the image (CutMix, Yun et al. 2019)."""
@@ -86,15 +81,20 @@ def mix_batch(rng, images, *, mixup_alpha: float, cutmix_alpha: float,
     raise ValueError('mix_batch needs mixup_alpha > 0 or cutmix_alpha > 0')
   choice_rng, mixup_rng, cutmix_rng, box_rng = jax.random.split(rng, 4)
   partners = images[::-1]
-  mixup_weight = _beta(mixup_rng, mixup_alpha)
-  mixed_up = mixup_weight * images + (1.0 - mixup_weight) * partners
+
+  def mixup():
+    weight = jax.random.beta(mixup_rng, mixup_alpha, mixup_alpha)
+    return weight * images + (1.0 - weight) * partners, weight
+
+  def cutmix():
+    box = cutmix_box(box_rng, images.shape[1], images.shape[2],
+                     jax.random.beta(cutmix_rng, cutmix_alpha, cutmix_alpha))
+    # The box was clipped to the image: the weight is the area actually kept.
+    return jnp.where(box[None, :, :, None], partners, images), 1.0 - box.mean()
+
   if cutmix_alpha <= 0:
-    return mixed_up, mixup_weight
-  box = cutmix_box(box_rng, images.shape[1], images.shape[2], _beta(cutmix_rng, cutmix_alpha))
-  cut = jnp.where(box[None, :, :, None], partners, images)
-  cut_weight = 1.0 - box.mean()  # the box was clipped: the weight is the area actually kept
+    return mixup()
   if mixup_alpha <= 0:
-    return cut, cut_weight
+    return cutmix()
   use_cutmix = jax.random.bernoulli(choice_rng, cutmix_probability)
-  return (jnp.where(use_cutmix, cut, mixed_up),
-          jnp.where(use_cutmix, cut_weight, mixup_weight))
+  return jax.tree.map(lambda cut, mixed: jnp.where(use_cutmix, cut, mixed), cutmix(), mixup())

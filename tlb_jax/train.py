@@ -134,8 +134,8 @@ def train_step(state: TrainState, batch, *, learning_rate_fn, resize_size: int,
   images = augment.train_preprocess(augment_rng, batch['image'], resize_size=resize_size,
                                     image_size=image_size, flip=random_flip)
   labels = batch['label']
-  own_label_weight = 1.0
-  if mixup_alpha > 0 or cutmix_alpha > 0:
+  mixing = mixup_alpha > 0 or cutmix_alpha > 0
+  if mixing:
     # fold_in rather than a wider split keeps the crop, flip and dropout draws of unmixed runs.
     images, own_label_weight = augment.mix_batch(
         jax.random.fold_in(augment_rng, 2), images, mixup_alpha=mixup_alpha,
@@ -145,7 +145,7 @@ def train_step(state: TrainState, batch, *, learning_rate_fn, resize_size: int,
     logits = state.apply_fn({'params': params}, images, train=True,
                             rngs={'dropout': dropout_rng})
     losses = cross_entropy_loss(logits, labels, label_smoothing)
-    if mixup_alpha > 0 or cutmix_alpha > 0:
+    if mixing:
       losses = (own_label_weight * losses + (1.0 - own_label_weight)
                 * cross_entropy_loss(logits, labels[::-1], label_smoothing))
     return losses.mean(), (losses, logits)
