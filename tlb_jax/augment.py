@@ -64,6 +64,11 @@ def cutmix_box(rng, height: int, width: int, weight):
   return (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
 
 
+def partners(batch):
+  """The partner of each example of a (B, ...) array in `mix_batch`: the reversed batch."""
+  return batch[::-1]
+
+
 def mix_batch(rng, images, *, mixup_alpha: float, cutmix_alpha: float,
               cutmix_probability: float = 0.5):
   """Blends each image of (B, H, W, C) with its partner in the reversed batch (timm's pairing).
@@ -72,7 +77,7 @@ def mix_batch(rng, images, *, mixup_alpha: float, cutmix_alpha: float,
   w ~ Beta(mixup_alpha, mixup_alpha); CutMix pastes a box of the partner over the image and w is
   the fraction of the image left. With both alphas > 0, CutMix is used with
   `cutmix_probability`. The loss of a mixed image is w * loss(label) + (1 - w) *
-  loss(partner's label), the partners' labels being `labels[::-1]`.
+  loss(partner's label), the partners' labels being `partners(labels)`.
 
   Returns:
     (mixed images (B, H, W, C), w: float32 scalar).
@@ -80,17 +85,17 @@ def mix_batch(rng, images, *, mixup_alpha: float, cutmix_alpha: float,
   if mixup_alpha <= 0 and cutmix_alpha <= 0:
     raise ValueError('mix_batch needs mixup_alpha > 0 or cutmix_alpha > 0')
   choice_rng, mixup_rng, cutmix_rng, box_rng = jax.random.split(rng, 4)
-  partners = images[::-1]
+  partner_images = partners(images)
 
   def mixup():
     weight = jax.random.beta(mixup_rng, mixup_alpha, mixup_alpha)
-    return weight * images + (1.0 - weight) * partners, weight
+    return weight * images + (1.0 - weight) * partner_images, weight
 
   def cutmix():
     box = cutmix_box(box_rng, images.shape[1], images.shape[2],
                      jax.random.beta(cutmix_rng, cutmix_alpha, cutmix_alpha))
     # The box was clipped to the image: the weight is the area actually kept.
-    return jnp.where(box[None, :, :, None], partners, images), 1.0 - box.mean()
+    return jnp.where(box[None, :, :, None], partner_images, images), 1.0 - box.mean()
 
   if cutmix_alpha <= 0:
     return mixup()

@@ -147,7 +147,7 @@ def train_step(state: TrainState, batch, *, learning_rate_fn, resize_size: int,
     losses = cross_entropy_loss(logits, labels, label_smoothing)
     if mixing:
       losses = (own_label_weight * losses + (1.0 - own_label_weight)
-                * cross_entropy_loss(logits, labels[::-1], label_smoothing))
+                * cross_entropy_loss(logits, augment.partners(labels), label_smoothing))
     return losses.mean(), (losses, logits)
 
   grads, (losses, logits) = jax.grad(loss_fn, has_aux=True)(state.params)
