@@ -17,6 +17,7 @@ def get_config():
   config.model = 'vit'
   config.vit = ml_collections.ConfigDict(dict(
       patch_size=tlb.patch_size,
+      tokenizer=tlb.tokenizer,
       embed_dim=tlb.embed_dim,
       num_layers=7,
       num_heads=tlb.num_heads,

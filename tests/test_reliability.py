@@ -160,6 +160,20 @@ def test_changing_only_dropout_remat_or_unroll_is_compatible(tmp_path_factory):
   checkpointing.check_compatible(run, config)
 
 
+def test_a_run_saved_before_the_tokenizer_field_counts_as_linear(tmp_path_factory):
+  """A config.json without tlb.tokenizer (runs saved before the field existed) matches
+  tokenizer 'linear' and differs from 'conv'."""
+  run = trained_run.trained_workdir(tmp_path_factory)
+  with open(os.path.join(run, 'config.json')) as f:
+    saved = json.load(f)
+  del saved['tlb']['tokenizer']
+  config = trained_run.config()
+  assert config.tlb.tokenizer == 'linear'
+  assert checkpointing.incompatible_fields(saved, config) == []
+  config.tlb.tokenizer = 'conv'
+  assert checkpointing.incompatible_fields(saved, config) == ['tlb.tokenizer']
+
+
 def test_fresh_moves_checkpoints_and_results_aside_and_trains_from_step_0(workdir):
   """fresh=True renames checkpoints/ and results.json to *.old-<time> (contents intact) and
   the run starts again at step 0."""

@@ -238,12 +238,43 @@ def test_dots_remat_stores_dropout_masks_instead_of_redrawing_them(base):
   assert 0 < random_draws('dots') < random_draws('full')
 
 
+def _patch_tokens(tokenizer, images):
+  """PatchEmbed(patch 4, D 8) tokens (B, N, D) of `images` with fixed random parameters."""
+  embed = PatchEmbed(4, 8, tokenizer=tokenizer)
+  params = embed.init(jax.random.PRNGKey(0), images)
+  return embed.apply(params, images), params['params']
+
+
+def test_conv_tokenizer_makes_one_token_per_patch_from_log2_p_conv_stages():
+  """With patch 4 the conv tokenizer has two conv stages (no linear projection) and still gives
+  (H/4) * (W/4) tokens, so chunks and attention maps keep their meaning."""
+  tokens, params = _patch_tokens('conv', _images())
+  assert tokens.shape == (2, (IMAGE_SIZE // 4) ** 2, 8)
+  assert set(params) == {'conv_0', 'conv_1', 'position_embedding', 'norm'}
+
+
+@pytest.mark.parametrize('tokenizer, sees_neighbour', [('linear', False), ('conv', True)])
+def test_only_the_conv_tokenizer_lets_a_token_see_the_neighbouring_patch(tokenizer,
+                                                                        sees_neighbour):
+  """Changing a pixel of patch (0, 1) changes token 0 with the conv tokenizer (its receptive
+  field crosses patch borders) and leaves it unchanged with the linear one."""
+  images = _images(batch=1)
+  changed = images.at[0, 1, 4, :].set(1.0 - images[0, 1, 4, :])  # row 1, col 4: patch (0, 1)
+  before, _ = _patch_tokens(tokenizer, images)
+  after, _ = _patch_tokens(tokenizer, changed)
+  assert not np.allclose(before[0, 1], after[0, 1])  # the changed patch's own token
+  assert (not np.allclose(before[0, 0], after[0, 0])) == sees_neighbour
+  np.testing.assert_array_equal(before[0, 15], after[0, 15])  # far away: unchanged for both
+
+
 @pytest.mark.parametrize('size, overrides, message', [
     (18, dict(), 'image size 18x18 is not divisible by patch_size 4'),
     (16, dict(chunk_size=3), '16 patches are not divisible by chunk_size 3'),
     (16, dict(patch_size=5), 'not divisible by patch_size 5'),
     (16, dict(head='cls'), "head must be one of .* got 'cls'"),
     (16, dict(slow_stream_init='random'), "slow_stream_init must be one of .* got 'random'"),
+    (16, dict(tokenizer='cnn'), "tokenizer must be one of .* got 'cnn'"),
+    (12, dict(patch_size=6, tokenizer='conv'), "tokenizer 'conv' needs a power-of-two patch"),
 ])
 def test_invalid_sizes_and_choices_raise_value_error(size, overrides, message):
   """Sizes that do not divide, and unknown options, raise ValueError naming the problem."""

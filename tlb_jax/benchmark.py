@@ -192,8 +192,8 @@ def sweep(config, num_classes: int, image_sizes, batch_size: int, models, repeat
       c.model = model_name
       if model_name == 'vit':
         c.vit = ml_collections.ConfigDict({k: base[k] for k in (
-            'patch_size', 'embed_dim', 'num_layers', 'num_heads', 'mlp_ratio', 'dropout_rate',
-            'attention_dropout_rate')})
+            'patch_size', 'tokenizer', 'embed_dim', 'num_layers', 'num_heads', 'mlp_ratio',
+            'dropout_rate', 'attention_dropout_rate')})
       c.image_size = c.resize_size = size
       c.batch_size = c.eval_batch_size = batch_size
       tokens = (size // base.patch_size) ** 2

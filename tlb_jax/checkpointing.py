@@ -14,6 +14,8 @@ from absl import logging
 SHAPE_FREE_MODEL_FIELDS = ('dropout_rate', 'attention_dropout_rate', 'scan_unroll', 'remat')
 # Top-level fields that change parameter or optimizer-state shapes.
 SHAPE_FIELDS = ('model', 'dataset', 'image_size', 'weight_decay_on')
+# Model fields added after the first release, with the value that runs saved without them used.
+ADDED_MODEL_FIELDS = {'tokenizer': 'linear'}
 
 
 class CheckpointError(Exception):
@@ -30,7 +32,8 @@ def incompatible_fields(saved: dict, config: ml_collections.ConfigDict) -> list[
   if 'model' not in fields:
     model, saved_model = new[new['model']], saved.get(new['model'], {})
     fields += [f'{new["model"]}.{k}' for k, v in model.items()
-               if k not in SHAPE_FREE_MODEL_FIELDS and saved_model.get(k) != v]
+               if k not in SHAPE_FREE_MODEL_FIELDS
+               and saved_model.get(k, ADDED_MODEL_FIELDS.get(k)) != v]
   return fields
 
 

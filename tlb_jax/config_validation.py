@@ -8,15 +8,16 @@ import tempfile
 import ml_collections
 
 from tlb_jax.input_pipeline import DATASETS
+from tlb_jax.models.layers import TOKENIZERS
 
 DTYPES = ('auto', 'float32', 'bfloat16', 'float16')
 LR_SCHEDULES = ('constant', 'warmup_cosine')
 WEIGHT_DECAY_ON = ('all', 'kernels')
 MODEL_CHOICES = {
     'tlb': {'head': ('slow_mean', 'fast_last_mean'), 'slow_stream_init': ('learned', 'zeros'),
-            'remat': ('none', 'dots', 'full')},
+            'remat': ('none', 'dots', 'full'), 'tokenizer': TOKENIZERS},
     'perceiver': {},
-    'vit': {},
+    'vit': {'tokenizer': TOKENIZERS},
 }
 POSITIVE_INTS = ('batch_size', 'eval_batch_size', 'image_size', 'resize_size', 'num_epochs',
                  'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints')
@@ -74,7 +75,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
 
   model = config[config.model]
   for field, allowed in MODEL_CHOICES[config.model].items():
-    _choice(f'{config.model}.{field}', model[field], allowed)
+    if field in model:  # an absent field takes the model's default
+      _choice(f'{config.model}.{field}', model[field], allowed)
   for field in MODEL_POSITIVE_INTS:
     if field in model:
       _positive(f'{config.model}.{field}', model[field])
@@ -86,6 +88,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     if config.image_size % patch:
       raise ConfigError(f'--config.image_size={config.image_size} is not divisible by '
                         f'--config.{config.model}.patch_size={patch}')
+    if model.get('tokenizer') == 'conv' and patch & (patch - 1):
+      raise ConfigError(f"--config.{config.model}.tokenizer='conv' needs a power-of-two "
+                        f'--config.{config.model}.patch_size, got {patch}')
     num_patches = (config.image_size // patch) ** 2
     if 'chunk_size' in model and num_patches % model.chunk_size:
       raise ConfigError(f'{num_patches} patches ({config.image_size}/{patch} squared) are not '

@@ -139,8 +139,17 @@ class AttentionBlock(nn.Module):
     return x + y, weights
 
 
+TOKENIZERS = ('linear', 'conv')
+
+
 class PatchEmbed(nn.Module):
-  """Non-overlapping patches -> linear embedding + learned position embedding -> LayerNorm.
+  """Image -> one token per p x p patch + learned position embedding -> LayerNorm.
+
+  tokenizer 'linear': a linear projection of each non-overlapping patch (ViT, the seed).
+  tokenizer 'conv': log2(p) stages of [3x3 conv, ReLU, 3x3 max-pool with stride 2], as in the
+  Compact Convolutional Transformer (Hassani et al. 2021); each token still stands for one
+  p x p patch, but sees its neighbours, a locality prior that small attention models trained
+  from scratch on small images lack. p must be a power of two.
 
   Patches are numbered row-major, so token n is patch (n // (W/p), n % (W/p)).
   """
@@ -148,6 +157,7 @@ class PatchEmbed(nn.Module):
   patch_size: int
   embed_dim: int
   dtype: Dtype = jnp.float32
+  tokenizer: str = 'linear'
 
   @nn.compact
   def __call__(self, images):
@@ -156,8 +166,20 @@ class PatchEmbed(nn.Module):
     height, width = images.shape[1:3]
     if height % p or width % p:
       raise ValueError(f'image size {height}x{width} is not divisible by patch_size {p}')
-    x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype,
-                name='projection')(images.astype(self.dtype))
+    x = images.astype(self.dtype)
+    if self.tokenizer == 'linear':
+      x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype,
+                  name='projection')(x)
+    elif self.tokenizer == 'conv':
+      if p & (p - 1):
+        raise ValueError(f"tokenizer 'conv' needs a power-of-two patch_size, got {p}")
+      for stage in range(p.bit_length() - 1):
+        # No bias: the position embedding and LayerNorm that follow supply the offsets.
+        x = nn.Conv(self.embed_dim, (3, 3), padding='SAME', use_bias=False, dtype=self.dtype,
+                    name=f'conv_{stage}')(x)
+        x = nn.max_pool(nn.relu(x), (3, 3), strides=(2, 2), padding='SAME')
+    else:
+      raise ValueError(f'tokenizer must be one of {TOKENIZERS}, got {self.tokenizer!r}')
     batch, rows, cols, features = x.shape
     x = x.reshape(batch, rows * cols, features)
     position = self.param('position_embedding', nn.initializers.normal(0.02),

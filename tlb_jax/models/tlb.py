@@ -81,7 +81,9 @@ class TLB(nn.Module):
 
   Attributes:
     num_classes: size of the logits.
-    patch_size: side of the square patches (conv kernel = stride).
+    patch_size: side of the square patches; each token stands for one.
+    tokenizer: 'linear' (patch projection) or 'conv' (CCT-style conv stages); see
+      `PatchEmbed`.
     embed_dim: D, width of both streams.
     chunk_size: K, tokens per chunk (one recurrent step).
     num_latents: L, slow-stream vectors.
@@ -104,6 +106,7 @@ class TLB(nn.Module):
 
   num_classes: int
   patch_size: int = 4
+  tokenizer: str = 'linear'
   embed_dim: int = 64
   chunk_size: int = 8
   num_latents: int = 8
@@ -132,7 +135,8 @@ class TLB(nn.Module):
     if self.slow_stream_init not in SLOW_STREAM_INITS:
       raise ValueError(
           f'slow_stream_init must be one of {SLOW_STREAM_INITS}, got {self.slow_stream_init!r}')
-    tokens = PatchEmbed(self.patch_size, self.embed_dim, self.dtype, name='patch_embed')(images)
+    tokens = PatchEmbed(self.patch_size, self.embed_dim, self.dtype, self.tokenizer,
+                        name='patch_embed')(images)
     batch, num_tokens, features = tokens.shape
     if num_tokens % self.chunk_size:
       raise ValueError(f'{num_tokens} patches are not divisible by chunk_size {self.chunk_size}')

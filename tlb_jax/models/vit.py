@@ -20,7 +20,9 @@ class ViT(nn.Module):
 
   Attributes:
     num_classes: size of the logits.
-    patch_size: side of the square patches (conv kernel = stride).
+    patch_size: side of the square patches; each token stands for one.
+    tokenizer: 'linear' (patch projection) or 'conv' (CCT-style conv stages); see
+      `PatchEmbed`.
     embed_dim: D.
     num_layers: self-attention blocks.
     num_heads: attention heads.
@@ -32,6 +34,7 @@ class ViT(nn.Module):
 
   num_classes: int
   patch_size: int = 4
+  tokenizer: str = 'linear'
   embed_dim: int = 64
   num_layers: int = 7
   num_heads: int = 1
@@ -47,7 +50,8 @@ class ViT(nn.Module):
     With `return_intermediates`, returns (logits, dict) where the dict holds 'attention'
     (B, num_layers, H, N, N), each block's attention weights.
     """
-    tokens = PatchEmbed(self.patch_size, self.embed_dim, self.dtype, name='patch_embed')(images)
+    tokens = PatchEmbed(self.patch_size, self.embed_dim, self.dtype, self.tokenizer,
+                        name='patch_embed')(images)
     all_weights = []
     for layer in range(self.num_layers):
       tokens, weights = AttentionBlock(
