@@ -195,6 +195,15 @@ def test_eval_mode_writes_results_json_for_the_latest_checkpoint(workdir, tmp_pa
   assert 'train_wall_time_s' not in results  # no results.json of that step to keep them from
 
 
+def test_eval_mode_without_a_test_split_says_which_flag_to_pass(workdir):
+  """--mode=eval with test_split '' is an InferenceError naming --config.test_split."""
+  config = trained_run.config()
+  config.test_split = ''
+  with mock_cifar(trained_run.MOCK_EXAMPLES), pytest.raises(
+      inference.InferenceError, match="pass --config.test_split=test"):
+    inference.evaluate_checkpoint(workdir, config)
+
+
 def test_eval_mode_keeps_the_training_fields_of_results_for_the_same_step(tmp_path_factory):
   copy = trained_run.copy_of_trained_workdir(tmp_path_factory)
   with open(os.path.join(copy, 'results.json')) as f:

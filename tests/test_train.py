@@ -15,7 +15,7 @@ from flax import jax_utils
 
 from configs import cifar10, smoke
 from tfds_mock import mock_cifar
-from tlb_jax import augment, checkpointing, input_pipeline, train
+from tlb_jax import augment, checkpointing, input_pipeline, plots, train
 from tlb_jax.models.tlb import TLB
 
 NUM_CLASSES = 10
@@ -276,6 +276,21 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
   assert resumed_results['test_examples'] == full_results['test_examples'] == MOCK_EXAMPLES
   with open(os.path.join(resumed, 'results.json')) as f:
     assert json.load(f)['resumed_from_step'] == RESUME_AT
+
+
+def test_run_without_a_test_split_reports_final_validation_and_no_test(tmp_path):
+  """With test_split '' no test images are evaluated: results.json and the events hold no test
+  figures, and results.json's validation figures are the last logged validation pass."""
+  config = _resume_config()
+  config.test_split = ''
+  with mock_cifar(MOCK_EXAMPLES):
+    results = train.train_and_evaluate(config, str(tmp_path))
+  assert [k for k in results if k.startswith('test_')] == ['test_split']
+  assert results['test_split'] == ''
+  scalars = plots.read_scalars(str(tmp_path))
+  assert not any(tag.startswith('test_') for tag in scalars)
+  assert results['eval_top1'] == pytest.approx(scalars['eval_accuracy'][RESUME_STEPS])
+  assert results['eval_top5'] == pytest.approx(scalars['eval_top5_accuracy'][RESUME_STEPS])
 
 
 # -------------------------------------------------------------------------- optimizer pieces

@@ -359,6 +359,9 @@ def evaluate_checkpoint(workdir: str,
   if builder.info.features['label'].num_classes != len(run.class_names):
     raise InferenceError(f'{config.dataset} has {builder.info.features["label"].num_classes} '
                          f'classes but {workdir} was trained on {len(run.class_names)}')
+  if not config.test_split:
+    raise InferenceError('--mode=eval tests on --config.test_split, which is empty; pass '
+                         '--config.test_split=test (or another split)')
   test = input_pipeline.load_split(builder, config.test_split)
   p_eval_step = jax.pmap(train.make_eval_step(config, run.model), axis_name='batch')
   start = time.time()
@@ -442,16 +445,17 @@ def write_attention(config: ml_collections.ConfigDict, workdir: str, model, para
 
 
 def write_run_plots(config: ml_collections.ConfigDict, workdir: str, model, params,
-                    test: input_pipeline.Split, class_names: Sequence[str],
+                    images: input_pipeline.Split, class_names: Sequence[str],
                     writer: metric_writers.MetricWriter, step: int) -> None:
-  """The end-of-training pictures: curves, and for a TLB the attention grid. A failure is
-  logged, not raised: the run's results are already saved."""
+  """The end-of-training pictures: curves, and for a TLB the attention grid of the first
+  `images` (the test split, or validation without one). A failure is logged, not raised: the
+  run's results are already saved."""
   try:
     paths = [write_curves(workdir, config)]
     if has_attention(config) and config.get('num_attention_images',
                                             DEFAULT_ATTENTION_IMAGES) > 0:
-      paths.append(write_attention(config, workdir, model, params, test, class_names, writer,
-                                   step))
+      paths.append(write_attention(config, workdir, model, params, images, class_names,
+                                   writer, step))
     logging.info('Plots: %s', ', '.join(paths))
   except Exception:  # pylint: disable=broad-except
     logging.exception('Could not write the plots; regenerate them with '
@@ -460,7 +464,8 @@ def write_run_plots(config: ml_collections.ConfigDict, workdir: str, model, para
 
 def write_plots(workdir: str, config: ml_collections.ConfigDict | None = None) -> list[str]:
   """`--mode=plots`: (re)draws curves.png and, for a TLB, attention.png (latest checkpoint, test
-  split) for an existing workdir; the attention grid also goes to TensorBoard.
+  split, or validation without one) for an existing workdir; the attention grid also goes to
+  TensorBoard.
 
   Returns:
     The paths written.
@@ -471,9 +476,9 @@ def write_plots(workdir: str, config: ml_collections.ConfigDict | None = None) -
   if has_attention(config) and config.get('num_attention_images', DEFAULT_ATTENTION_IMAGES) > 0:
     run = restore(workdir, config)
     builder = input_pipeline.get_builder(config)
-    test = input_pipeline.load_split(builder, config.test_split)
+    images = input_pipeline.load_split(builder, input_pipeline.picture_split(config))
     writer = metric_writers.create_default_writer(workdir, asynchronous=False)
-    paths.append(write_attention(config, workdir, run.model, run.params, test,
+    paths.append(write_attention(config, workdir, run.model, run.params, images,
                                  run.class_names, writer, run.step))
     writer.close()
   return paths

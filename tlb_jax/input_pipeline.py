@@ -38,9 +38,14 @@ class Split:
 class Dataset:
   train: Split
   eval: Split
-  test: Split
+  test: Split | None  # None when config.test_split is ''
   num_classes: int
   class_names: tuple[str, ...]
+
+  @property
+  def pictured(self) -> Split:
+    """The split whose images the attention pictures show (see `picture_split`)."""
+    return self.eval if self.test is None else self.test
 
 
 def _prepare_hint(config) -> str:
@@ -84,8 +89,14 @@ def load_split(builder: tfds.core.DatasetBuilder, split: str) -> Split:
                labels=np.asarray(data['label'], dtype=np.int32))
 
 
+def picture_split(config: ml_collections.ConfigDict) -> str:
+  """The split whose images the attention pictures show: test, else validation."""
+  return config.test_split or config.eval_split
+
+
 def load(config: ml_collections.ConfigDict) -> Dataset:
-  """Loads train, eval (validation) and test splits named in the config."""
+  """Loads train, eval (validation) and test splits named in the config (no test split when
+  `config.test_split` is empty)."""
   builder = get_builder(config)
   label = builder.info.features['label']
   class_names = tuple(label.names)
@@ -94,7 +105,7 @@ def load(config: ml_collections.ConfigDict) -> Dataset:
   return Dataset(
       train=load_split(builder, config.train_split),
       eval=load_split(builder, config.eval_split),
-      test=load_split(builder, config.test_split),
+      test=load_split(builder, config.test_split) if config.test_split else None,
       num_classes=label.num_classes,
       class_names=class_names,
   )

@@ -240,7 +240,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        fresh: bool = False) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming from its latest checkpoint) and tests it.
 
-  With `fresh`, an earlier run's checkpoints and results are moved aside first.
+  With `fresh`, an earlier run's checkpoints and results are moved aside first. The final
+  validation figures always go to results.json; the test split's only when
+  `config.test_split` is not empty.
 
   Returns:
     The contents of `workdir/results.json`.
@@ -293,6 +295,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   state = jax_utils.replicate(state, axis_name='batch')
   train_start = time.time()
   eval_seconds = 0.0
+  final_eval = None
   if start_step < total_steps:
     batches = jax_utils.prefetch_to_device(
         (input_pipeline.shard(b, num_devices) for b in input_pipeline.train_batches(
@@ -329,6 +332,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             result = evaluate(p_eval_step, state.params, data.eval, config.eval_batch_size)
           eval_seconds += time.time() - eval_start
           writer.write_scalars(step, {f'eval_{k}': v for k, v in result.items()})
+          if last:
+            final_eval = result
         if step % config.checkpoint_every_steps == 0 or epoch_end or last or stop:
           checkpoints.save(step, jax_utils.unreplicate(state))
         if stop:
@@ -347,36 +352,49 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     with open(results_path) as f:
       return json.load(f)
 
-  test_start = time.time()
-  test = evaluate(p_eval_step, state.params, data.test, config.eval_batch_size)
-  test_seconds = time.time() - test_start
+  if final_eval is None:  # training had finished before this call, results had not been written
+    final_eval = evaluate(p_eval_step, state.params, data.eval, config.eval_batch_size)
   results = {
       'model': config.model,
       'dataset': config.dataset,
-      'test_split': config.test_split,
       'step': total_steps,
       'epochs': total_steps / steps_per_epoch,
       'num_params': int(num_params),
-      'test_top1': test['accuracy'],
-      'test_top5': test['top5_accuracy'],
-      'test_loss': test['loss'],
-      'test_examples': test['examples'],
-      'test_wall_time_s': test_seconds,
-      'test_images_per_s': test['examples'] / test_seconds,
+      'eval_split': config.eval_split,
+      'eval_top1': final_eval['accuracy'],
+      'eval_top5': final_eval['top5_accuracy'],
+      'eval_loss': final_eval['loss'],
+      'test_split': config.test_split,
       'resumed_from_step': start_step,
       'train_wall_time_s': train_seconds,
       'train_images_per_s': ((total_steps - start_step) * config.batch_size / train_seconds
                              if start_step < total_steps else None),
   }
-  writer.write_scalars(total_steps, {f'test_{k}': v for k, v in test.items()})
+  if data.test is not None:
+    test_start = time.time()
+    test = evaluate(p_eval_step, state.params, data.test, config.eval_batch_size)
+    test_seconds = time.time() - test_start
+    results.update({
+        'test_top1': test['accuracy'],
+        'test_top5': test['top5_accuracy'],
+        'test_loss': test['loss'],
+        'test_examples': test['examples'],
+        'test_wall_time_s': test_seconds,
+        'test_images_per_s': test['examples'] / test_seconds,
+    })
+    writer.write_scalars(total_steps, {f'test_{k}': v for k, v in test.items()})
   writer.flush()
   checkpoints.close()
   if jax.process_index() == 0:
     _write_json(results_path, results)
     from tlb_jax import inference  # pylint: disable=g-import-not-at-top  (it imports this module)
     inference.write_run_plots(config, workdir, model, jax_utils.unreplicate(state.params),
-                              data.test, data.class_names, writer, total_steps)
-  logging.info('Test: top-1 %.4f, top-5 %.4f on %d examples; results in %s',
-               results['test_top1'], results['test_top5'], results['test_examples'],
-               results_path)
+                              data.pictured, data.class_names, writer, total_steps)
+  if data.test is None:
+    logging.info('Validation: top-1 %.4f, top-5 %.4f (no test split); results in %s',
+                 results['eval_top1'], results['eval_top5'], results_path)
+  else:
+    logging.info('Test: top-1 %.4f, top-5 %.4f on %d examples; results in %s',
+                 results['test_top1'], results['test_top5'], results['test_examples'],
+                 results_path)
   return results
