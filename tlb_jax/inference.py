@@ -379,12 +379,7 @@ def evaluate_checkpoint(workdir: str,
       'step': run.step,
       'epochs': run.step / steps_per_epoch if steps_per_epoch else None,
       'num_params': int(sum(x.size for x in jax.tree.leaves(run.params))),
-      'test_top1': metrics['accuracy'],
-      'test_top5': metrics['top5_accuracy'],
-      'test_loss': metrics['loss'],
-      'test_examples': metrics['examples'],
-      'test_wall_time_s': seconds,
-      'test_images_per_s': metrics['examples'] / seconds,
+      **train.results_of_test(metrics, seconds),
   }
   path = os.path.join(workdir, 'results.json')
   if os.path.exists(path):

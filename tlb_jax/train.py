@@ -236,6 +236,18 @@ def _write_json(path: str, payload: dict) -> None:
   os.replace(tmp, path)
 
 
+def results_of_test(metrics: dict[str, Any], seconds: float) -> dict[str, Any]:
+  """results.json's test fields from `evaluate`'s metrics on the test split and its duration."""
+  return {
+      'test_top1': metrics['accuracy'],
+      'test_top5': metrics['top5_accuracy'],
+      'test_loss': metrics['loss'],
+      'test_examples': metrics['examples'],
+      'test_wall_time_s': seconds,
+      'test_images_per_s': metrics['examples'] / seconds,
+  }
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        fresh: bool = False) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming from its latest checkpoint) and tests it.
@@ -373,15 +385,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if data.test is not None:
     test_start = time.time()
     test = evaluate(p_eval_step, state.params, data.test, config.eval_batch_size)
-    test_seconds = time.time() - test_start
-    results.update({
-        'test_top1': test['accuracy'],
-        'test_top5': test['top5_accuracy'],
-        'test_loss': test['loss'],
-        'test_examples': test['examples'],
-        'test_wall_time_s': test_seconds,
-        'test_images_per_s': test['examples'] / test_seconds,
-    })
+    results.update(results_of_test(test, time.time() - test_start))
     writer.write_scalars(total_steps, {f'test_{k}': v for k, v in test.items()})
   writer.flush()
   checkpoints.close()
