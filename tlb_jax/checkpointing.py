@@ -1,8 +1,12 @@
 """Orbax checkpoints of the TrainState under `workdir/checkpoints`."""
 
+import gc
 import json
+import logging as std_logging
 import os
+import sys
 import time
+import warnings
 
 import jax
 import ml_collections
@@ -63,6 +67,45 @@ def check_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
         'start over')
 
 
+class _FailedRestoreNoise(std_logging.Filter):
+  """Keeps the aftermath of failed Orbax restores off the console while installed.
+
+  When a checkpoint's array files cannot be read, Orbax raises the first error and closes its
+  event loop while tensorstore finishes the other reads. Each of those then prints a traceback,
+  at once or when garbage collected much later ("Event loop is closed", asyncio's "Task / Future
+  exception was never retrieved", "coroutine ... was never awaited"): hundreds of lines for one
+  corrupt checkpoint, which say nothing the one-line warning does not. Orbax is this process's
+  only user of asyncio.
+  """
+
+  def __init__(self):
+    super().__init__()
+    self._previous_hook = sys.unraisablehook
+    self._warnings = warnings.catch_warnings()
+
+  def filter(self, record):
+    return 'exception was never retrieved' not in record.getMessage()
+
+  def _unraisablehook(self, unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == 'Event loop is closed'):
+      self._previous_hook(unraisable)
+
+  def install(self) -> None:
+    std_logging.getLogger('asyncio').addFilter(self)
+    sys.unraisablehook = self._unraisablehook
+    self._warnings.__enter__()  # pylint: disable=unnecessary-dunder-call
+    warnings.filterwarnings('ignore', message="coroutine '.*' was never awaited",
+                            category=RuntimeWarning)
+
+  def remove(self) -> None:
+    gc.collect()  # reports the abandoned reads still waiting for collection, while quiet
+    if sys.unraisablehook == self._unraisablehook:  # pylint: disable=comparison-with-callable
+      sys.unraisablehook = self._previous_hook
+    std_logging.getLogger('asyncio').removeFilter(self)
+    self._warnings.__exit__(None, None, None)
+
+
 class Checkpoints:
   """Periodic saves that keep the last `config.keep_checkpoints`, and restore of the latest
   readable one (an unreadable latest checkpoint falls back to the one before)."""
@@ -74,6 +117,7 @@ class Checkpoints:
         options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True))
     # Unreadable checkpoints newer than the restored one; set aside before the first save.
     self._unreadable: list[int] = []
+    self._restore_noise = None  # installed at the first failed restore, until close()
 
   def restore_latest(self, state):
     """Returns the newest readable checkpoint shaped like `state`, or `state` if there is none.
@@ -82,23 +126,34 @@ class Checkpoints:
       CheckpointError: there are checkpoints, but none can be read.
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    noise = _FailedRestoreNoise()
+    noise.install()  # a failed read can report before Orbax raises its error
+    restored, self._unreadable = self._restore_newest_readable(abstract)
+    if self._unreadable or restored is None:
+      self._restore_noise = noise  # abandoned reads can report until close()
+    else:
+      noise.remove()
+    if restored is None and self.manager.all_steps():
+      raise CheckpointError(
+          f'no checkpoint in {self.directory} can be read (see the warnings above); pass '
+          '--fresh to move them aside and start over')
+    return state if restored is None else restored
+
+  def _restore_newest_readable(self, abstract):
+    """Returns (the newest readable checkpoint or None, the newer unreadable steps)."""
     unreadable = []
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
       except Exception as e:  # pylint: disable=broad-except
-        logging.warning('Checkpoint at step %d in %s is unreadable (%s: %s); trying an older one',
-                        step, self.directory, type(e).__name__, str(e).splitlines()[0][:200])
+        logging.warning(
+            'Checkpoint at step %d in %s is unreadable (%s: %s); trying an older one',
+            step, self.directory, type(e).__name__, str(e).splitlines()[0][:200])
         unreadable.append(step)
         continue
       logging.info('Restored checkpoint at step %d from %s', step, self.directory)
-      self._unreadable = unreadable
-      return restored
-    if self.manager.all_steps():
-      raise CheckpointError(
-          f'no checkpoint in {self.directory} can be read (see the warnings above); pass '
-          '--fresh to move them aside and start over')
-    return state
+      return restored, unreadable
+    return None, unreadable
 
   def save(self, step: int, state) -> None:
     """Saves asynchronously; `close` waits for pending saves."""
@@ -125,3 +180,6 @@ class Checkpoints:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+    if self._restore_noise is not None:
+      self._restore_noise.remove()
+      self._restore_noise = None

@@ -279,7 +279,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                              create_optimizer(config, learning_rate_fn))
 
   checkpoints = checkpointing.Checkpoints(workdir, config)
-  state = checkpoints.restore_latest(state)
+  try:
+    state = checkpoints.restore_latest(state)
+  except checkpointing.CheckpointError:
+    checkpoints.close()
+    raise
   start_step = int(state.step)
 
   writer = metric_writers.create_default_writer(
