@@ -111,6 +111,18 @@ def test_skipping_a_corrupt_checkpoint_prints_no_orbax_tracebacks(workdir, caplo
   assert not [w for w in recwarn if 'never awaited' in str(w.message)], recwarn.list[:3]
 
 
+def test_a_restore_without_failures_leaves_the_console_hooks_as_they_were(tmp_path, workdir):
+  """Only a failed restore quiets asyncio's logger and the unraisable hook (until close()):
+  neither a fresh workdir nor a readable checkpoint changes them."""
+  hook, filters = sys.unraisablehook, list(logging.getLogger('asyncio').filters)
+  for directory in (str(tmp_path), workdir):
+    checkpoints = checkpointing.Checkpoints(directory, trained_run.config())
+    checkpoints.restore_latest(_template(trained_run.config()))
+    assert sys.unraisablehook is hook
+    assert logging.getLogger('asyncio').filters == filters
+    checkpoints.close()
+
+
 def test_run_resumed_past_a_corrupt_checkpoint_saves_a_readable_one_at_its_step(workdir):
   """Resuming from the checkpoint before a corrupt latest one retrains up to and past its step
   and saves a readable checkpoint there; the corrupt one is renamed, not deleted."""

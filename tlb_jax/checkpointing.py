@@ -129,7 +129,7 @@ class Checkpoints:
     noise = _FailedRestoreNoise()
     noise.install()  # a failed read can report before Orbax raises its error
     restored, self._unreadable = self._restore_newest_readable(abstract)
-    if self._unreadable or restored is None:
+    if self._unreadable:
       self._restore_noise = noise  # abandoned reads can report until close()
     else:
       noise.remove()
