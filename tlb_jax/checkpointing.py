@@ -18,6 +18,8 @@ from absl import logging
 SHAPE_FREE_MODEL_FIELDS = ('dropout_rate', 'attention_dropout_rate', 'scan_unroll', 'remat')
 # Top-level fields that change parameter or optimizer-state shapes.
 SHAPE_FIELDS = ('model', 'dataset', 'image_size', 'weight_decay_on')
+# After a failed restore, close() waits until its abandoned reads were quiet this long.
+RESTORE_NOISE_SETTLE_S = 0.5
 # Model fields added after the first release, with the value that runs saved without them used.
 ADDED_MODEL_FIELDS = {'tokenizer': 'linear'}
 
@@ -82,14 +84,24 @@ class _FailedRestoreNoise(std_logging.Filter):
     super().__init__()
     self._previous_hook = sys.unraisablehook
     self._warnings = warnings.catch_warnings()
+    self._last_quieted = time.monotonic()
 
   def filter(self, record):
-    return 'exception was never retrieved' not in record.getMessage()
+    if 'exception was never retrieved' in record.getMessage():
+      self._last_quieted = time.monotonic()
+      return False
+    return True
 
   def _unraisablehook(self, unraisable):
-    if not (isinstance(unraisable.exc_value, RuntimeError)
-            and str(unraisable.exc_value) == 'Event loop is closed'):
+    if (isinstance(unraisable.exc_value, RuntimeError)
+        and str(unraisable.exc_value) == 'Event loop is closed'):
+      self._last_quieted = time.monotonic()
+    else:
       self._previous_hook(unraisable)
+
+  def note_failed_restore(self) -> None:
+    """Starts the settling time of `remove` now: the failed restore's reads report from now on."""
+    self._last_quieted = time.monotonic()
 
   def install(self) -> None:
     std_logging.getLogger('asyncio').addFilter(self)
@@ -98,7 +110,13 @@ class _FailedRestoreNoise(std_logging.Filter):
     warnings.filterwarnings('ignore', message="coroutine '.*' was never awaited",
                             category=RuntimeWarning)
 
-  def remove(self) -> None:
+  def remove(self, settle_s: float = 0.0) -> None:
+    """Uninstalls, once nothing was quieted for `settle_s` (waiting at most 10x that): reads
+    abandoned just before, as by a run that stops because no checkpoint is readable, report
+    for a while after their restore failed."""
+    deadline = time.monotonic() + 10 * settle_s
+    while time.monotonic() - self._last_quieted < settle_s and time.monotonic() < deadline:
+      time.sleep(settle_s / 10)
     gc.collect()  # reports the abandoned reads still waiting for collection, while quiet
     if sys.unraisablehook == self._unraisablehook:  # pylint: disable=comparison-with-callable
       sys.unraisablehook = self._previous_hook
@@ -130,6 +148,7 @@ class Checkpoints:
     noise.install()  # a failed read can report before Orbax raises its error
     restored, self._unreadable = self._restore_newest_readable(abstract)
     if self._unreadable:
+      noise.note_failed_restore()
       self._restore_noise = noise  # abandoned reads can report until close()
     else:
       noise.remove()
@@ -181,5 +200,5 @@ class Checkpoints:
     self.manager.wait_until_finished()
     self.manager.close()
     if self._restore_noise is not None:
-      self._restore_noise.remove()
+      self._restore_noise.remove(settle_s=RESTORE_NOISE_SETTLE_S)
       self._restore_noise = None
