@@ -14,7 +14,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = 'tlb'
   config.tlb = ml_collections.ConfigDict(dict(
       patch_size=4,
-      tokenizer='linear',        # seed; 'conv': CCT-style conv stages (power-of-two patch)
+      tokenizer='linear',        # seed; 'conv': CCT-style conv stages, 'stem': stride-2 conv
+                                 # stem (both need a power-of-two patch_size)
       embed_dim=64,
       chunk_size=8,
       num_latents=8,             # seed: as many latents as tokens per chunk

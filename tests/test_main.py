@@ -199,6 +199,8 @@ def _smoke_with(**overrides):
     (dict(tlb__tokenizer='cnn'), 1, "--config.tlb.tokenizer='cnn' is not allowed"),
     (dict(image_size=24, resize_size=24, tlb__patch_size=6, tlb__tokenizer='conv'), 1,
      "--config.tlb.tokenizer='conv' needs a power-of-two --config.tlb.patch_size, got 6"),
+    (dict(image_size=24, resize_size=24, tlb__patch_size=6, tlb__tokenizer='stem'), 1,
+     "--config.tlb.tokenizer='stem' needs a power-of-two --config.tlb.patch_size, got 6"),
     (dict(tlb__num_layers=0), 1, '--config.tlb.num_layers=0 must be a positive integer'),
     (dict(tlb__scan_unroll=0), 1, '--config.tlb.scan_unroll=0 must be a positive integer'),
     (dict(tlb__dropout_rate=1.5), 1, '--config.tlb.dropout_rate=1.5 must be in [0, 1)'),

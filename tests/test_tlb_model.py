@@ -10,7 +10,8 @@ import pytest
 
 from configs import smoke
 from tlb_jax.models import create_model
-from tlb_jax.models.layers import LAYER_NORM_EPSILON, Dropout, PatchEmbed
+from tlb_jax.models.layers import (LAYER_NORM_EPSILON, Dropout, PatchEmbed,
+                                   stride_2_neighbourhoods)
 from tlb_jax.models.tlb import TLB, TLBCell
 
 NUM_CLASSES = 10
@@ -253,11 +254,51 @@ def test_conv_tokenizer_makes_one_token_per_patch_from_log2_p_conv_stages():
   assert set(params) == {'conv_0', 'conv_1', 'position_embedding', 'norm'}
 
 
-@pytest.mark.parametrize('tokenizer, sees_neighbour', [('linear', False), ('conv', True)])
-def test_only_the_conv_tokenizer_lets_a_token_see_the_neighbouring_patch(tokenizer,
-                                                                        sees_neighbour):
-  """Changing a pixel of patch (0, 1) changes token 0 with the conv tokenizer (its receptive
-  field crosses patch borders) and leaves it unchanged with the linear one."""
+def test_stem_tokenizer_makes_one_token_per_patch_from_log2_p_strided_stages():
+  """With patch 4 the stem has two stride-2 stages (widths D/2, D, but at least 8) and a linear
+  projection, and gives (H/4) * (W/4) tokens."""
+  images = _images()
+  embed = PatchEmbed(4, 32, tokenizer='stem')
+  params = embed.init(jax.random.PRNGKey(0), images)['params']
+  assert embed.apply({'params': params}, images).shape == (2, (IMAGE_SIZE // 4) ** 2, 32)
+  assert set(params) == {'stem_0', 'stem_1', 'projection', 'position_embedding', 'norm'}
+  assert params['stem_0']['kernel'].shape == (9 * 3, 16)
+  assert params['stem_1']['kernel'].shape == (9 * 16, 32)
+
+
+@pytest.mark.parametrize('centre_offset, padding', [(0, ((1, 1), (1, 1))),
+                                                    (1, ((0, 1), (0, 1)))])
+def test_a_dense_on_stride_2_neighbourhoods_is_a_3x3_stride_2_convolution(centre_offset,
+                                                                           padding):
+  """Offset 0 centres the 3x3 window on even pixels (padding 1 on both sides), offset 1 on odd
+  pixels (padding after only, XLA's SAME)."""
+  images = _images(batch=2, size=8)
+  kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 5))
+  convolved = jax.lax.conv_general_dilated(images, kernel, (2, 2), padding,
+                                           dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  as_matmul = stride_2_neighbourhoods(images, centre_offset) @ kernel.reshape(27, 5)
+  np.testing.assert_allclose(as_matmul, convolved, rtol=1e-5, atol=1e-5)
+
+
+def test_a_stem_token_sees_its_patch_and_a_border_around_it():
+  """Token (1, 1) of the patch-4 stem depends on pixels 3..9 of rows and columns: its own
+  patch (4..7), one pixel before it and two after, and nothing else."""
+  images = _images(batch=1)
+  embed = PatchEmbed(4, 8, tokenizer='stem')
+  params = embed.init(jax.random.PRNGKey(0), images)
+  weights = jax.random.normal(jax.random.PRNGKey(2), (8,))
+  token_1_1 = lambda x: (embed.apply(params, x)[0, IMAGE_SIZE // 4 + 1] * weights).sum()
+  dependence = np.abs(jax.grad(token_1_1)(images)[0]).sum(-1)
+  np.testing.assert_array_equal(np.nonzero(dependence.sum(1))[0], np.arange(3, 10))
+  np.testing.assert_array_equal(np.nonzero(dependence.sum(0))[0], np.arange(3, 10))
+
+
+@pytest.mark.parametrize('tokenizer, sees_neighbour', [('linear', False), ('conv', True),
+                                                       ('stem', True)])
+def test_only_the_convolutional_tokenizers_let_a_token_see_the_neighbouring_patch(
+    tokenizer, sees_neighbour):
+  """Changing a pixel of patch (0, 1) changes token 0 with the conv and stem tokenizers (their
+  receptive fields cross patch borders) and leaves it unchanged with the linear one."""
   images = _images(batch=1)
   changed = images.at[0, 1, 4, :].set(1.0 - images[0, 1, 4, :])  # row 1, col 4: patch (0, 1)
   before, _ = _patch_tokens(tokenizer, images)
@@ -275,6 +316,7 @@ def test_only_the_conv_tokenizer_lets_a_token_see_the_neighbouring_patch(tokeniz
     (16, dict(slow_stream_init='random'), "slow_stream_init must be one of .* got 'random'"),
     (16, dict(tokenizer='cnn'), "tokenizer must be one of .* got 'cnn'"),
     (12, dict(patch_size=6, tokenizer='conv'), "tokenizer 'conv' needs a power-of-two patch"),
+    (12, dict(patch_size=6, tokenizer='stem'), "tokenizer 'stem' needs a power-of-two patch"),
 ])
 def test_invalid_sizes_and_choices_raise_value_error(size, overrides, message):
   """Sizes that do not divide, and unknown options, raise ValueError naming the problem."""

@@ -8,7 +8,7 @@ import tempfile
 import ml_collections
 
 from tlb_jax.input_pipeline import DATASETS
-from tlb_jax.models.layers import TOKENIZERS
+from tlb_jax.models.layers import POWER_OF_TWO_TOKENIZERS, TOKENIZERS
 
 DTYPES = ('auto', 'float32', 'bfloat16', 'float16')
 LR_SCHEDULES = ('constant', 'warmup_cosine')
@@ -88,8 +88,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     if config.image_size % patch:
       raise ConfigError(f'--config.image_size={config.image_size} is not divisible by '
                         f'--config.{config.model}.patch_size={patch}')
-    if model.get('tokenizer') == 'conv' and patch & (patch - 1):
-      raise ConfigError(f"--config.{config.model}.tokenizer='conv' needs a power-of-two "
+    tokenizer = model.get('tokenizer')
+    if tokenizer in POWER_OF_TWO_TOKENIZERS and patch & (patch - 1):
+      raise ConfigError(f'--config.{config.model}.tokenizer={tokenizer!r} needs a power-of-two '
                         f'--config.{config.model}.patch_size, got {patch}')
     num_patches = (config.image_size // patch) ** 2
     if 'chunk_size' in model and num_patches % model.chunk_size:

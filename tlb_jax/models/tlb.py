@@ -82,8 +82,8 @@ class TLB(nn.Module):
   Attributes:
     num_classes: size of the logits.
     patch_size: side of the square patches; each token stands for one.
-    tokenizer: 'linear' (patch projection) or 'conv' (CCT-style conv stages); see
-      `PatchEmbed`.
+    tokenizer: 'linear' (patch projection), 'conv' (CCT-style conv stages) or 'stem' (stride-2
+      conv stem); see `PatchEmbed`.
     embed_dim: D, width of both streams.
     chunk_size: K, tokens per chunk (one recurrent step).
     num_latents: L, slow-stream vectors.
