@@ -10,8 +10,7 @@ import pytest
 
 from configs import smoke
 from tlb_jax.models import create_model
-from tlb_jax.models.layers import (LAYER_NORM_EPSILON, Dropout, PatchEmbed,
-                                   stride_2_neighbourhoods)
+from tlb_jax.models.layers import LAYER_NORM_EPSILON, Conv3x3, Dropout, PatchEmbed
 from tlb_jax.models.tlb import TLB, TLBCell
 
 NUM_CLASSES = 10
@@ -262,22 +261,23 @@ def test_stem_tokenizer_makes_one_token_per_patch_from_log2_p_strided_stages():
   params = embed.init(jax.random.PRNGKey(0), images)['params']
   assert embed.apply({'params': params}, images).shape == (2, (IMAGE_SIZE // 4) ** 2, 32)
   assert set(params) == {'stem_0', 'stem_1', 'projection', 'position_embedding', 'norm'}
-  assert params['stem_0']['kernel'].shape == (9 * 3, 16)
-  assert params['stem_1']['kernel'].shape == (9 * 16, 32)
+  assert params['stem_0']['kernel'].shape == (3, 3, 3, 16)
+  assert params['stem_1']['kernel'].shape == (3, 3, 16, 32)
 
 
-@pytest.mark.parametrize('centre_offset, padding', [(0, ((1, 1), (1, 1))),
-                                                    (1, ((0, 1), (0, 1)))])
-def test_a_dense_on_stride_2_neighbourhoods_is_a_3x3_stride_2_convolution(centre_offset,
-                                                                           padding):
-  """Offset 0 centres the 3x3 window on even pixels (padding 1 on both sides), offset 1 on odd
-  pixels (padding after only, XLA's SAME)."""
+@pytest.mark.parametrize('stride, centre_offset, padding', [
+    (1, 0, 'SAME'), (2, 1, 'SAME'), (2, 0, ((1, 1), (1, 1)))])
+def test_conv3x3_computes_what_nn_conv_computes_with_the_same_parameters(stride, centre_offset,
+                                                                         padding):
+  """Stride 1 is nn.Conv's 'SAME'; stride 2 with offset 1 too, with offset 0 it pads one pixel
+  on both sides (windows centred on even pixels)."""
   images = _images(batch=2, size=8)
-  kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 5))
-  convolved = jax.lax.conv_general_dilated(images, kernel, (2, 2), padding,
-                                           dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  as_matmul = stride_2_neighbourhoods(images, centre_offset) @ kernel.reshape(27, 5)
-  np.testing.assert_allclose(as_matmul, convolved, rtol=1e-5, atol=1e-5)
+  conv = Conv3x3(5, stride=stride, centre_offset=centre_offset)
+  params = conv.init(jax.random.PRNGKey(1), images)
+  params = jax.tree.map(lambda p: p + jax.random.normal(jax.random.PRNGKey(2), p.shape), params)
+  reference = nn.Conv(5, (3, 3), strides=stride, padding=padding)
+  np.testing.assert_allclose(conv.apply(params, images), reference.apply(params, images),
+                             rtol=1e-5, atol=1e-5)
 
 
 def test_a_stem_token_sees_its_patch_and_a_border_around_it():
