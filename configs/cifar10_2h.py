@@ -1,18 +1,21 @@
 """The best TLB recipe we measured that trains in under two hours on a 2-core CPU.
 
-`configs/cifar10.py` at CIFAR-10's native 32x32 instead of the seed's 48x48 upscale: the same
-model (embed 64, 4 layers, r 2, chunk 8, patch 4; 359k parameters, fewer position embeddings)
-sees 64 patch tokens instead of 144, so a step costs less than half as much and the 2-hour
-budget buys 50 epochs instead of about 24. Training resizes to 36 and randomly crops 32 (the
-seed's 52 -> 48 in proportion).
+`configs/cifar10_32px.py` (our recipe at the native 32x32, 64 tokens) with three changes:
+- tokens from a stride-2 convolutional stem instead of a linear patch projection: each token
+  sees a 7x7-pixel window around its 4x4 patch, a locality prior for about 8% of the step time;
+- chunks of 16 tokens (two rows of patches, 4 recurrent steps) instead of 8: the fast stream
+  attends over a 2-D neighbourhood, and the train step runs about 15% faster;
+- four attention heads of 16 features instead of one of 64 (the same parameters).
+The time saved buys 60 epochs instead of 50.
 """
 
-from configs import cifar10
+from configs import cifar10_32px
 
 
 def get_config():
-  config = cifar10.get_config()
-  config.resize_size = 36
-  config.image_size = 32
-  config.num_epochs = 50
+  config = cifar10_32px.get_config()
+  config.tlb.tokenizer = 'stem'
+  config.tlb.chunk_size = 16
+  config.tlb.num_heads = 4
+  config.num_epochs = 60
   return config
