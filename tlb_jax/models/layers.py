@@ -159,9 +159,9 @@ class Conv3x3(nn.Module):
   """3x3 convolution with zero padding, computed as one matmul over gathered neighbourhoods.
 
   XLA:CPU runs the weight gradient of these small convolutions several times slower than the
-  equivalent matmul: the benchmark's train step (32x32, chunks of 16, one head) does 372
-  images/s with the 'stem' tokenizer on `nn.Conv`, 534 with this; the 'conv' tokenizer
-  (chunks of 8) goes from 231 to 264. Parameters are laid out as `nn.Conv`'s ('kernel'
+  equivalent matmul: the benchmark's train step (32x32, chunks of 16, one head) did 372
+  images/s with the 'stem' tokenizer on `nn.Conv` and 534 with this matmul (in its first form,
+  a Dense on the same neighbourhoods); the 'conv' tokenizer (chunks of 8) goes from 231 to 264. Parameters are laid out as `nn.Conv`'s ('kernel'
   (3, 3, C, F), 'bias' (F,)), so runs saved with `nn.Conv` restore into it.
 
   Attributes:
@@ -224,16 +224,16 @@ class PatchEmbed(nn.Module):
     x = images.astype(self.dtype)
     if self.tokenizer in POWER_OF_TWO_TOKENIZERS and p & (p - 1):
       raise ValueError(f'tokenizer {self.tokenizer!r} needs a power-of-two patch_size, got {p}')
+    num_stages = p.bit_length() - 1  # resolution halvings of the power-of-two tokenizers
     if self.tokenizer == 'linear':
       x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype,
                   name='projection')(x)
     elif self.tokenizer == 'conv':
-      for stage in range(p.bit_length() - 1):
+      for stage in range(num_stages):
         # No bias: the position embedding and LayerNorm that follow supply the offsets.
         x = Conv3x3(self.embed_dim, use_bias=False, dtype=self.dtype, name=f'conv_{stage}')(x)
         x = nn.max_pool(nn.relu(x), (3, 3), strides=(2, 2), padding='SAME')
     elif self.tokenizer == 'stem':
-      num_stages = p.bit_length() - 1
       for stage in range(num_stages):
         width = max(self.embed_dim >> (num_stages - 1 - stage), 8)
         # Centring the last stage one pixel later centres token n on its own patch (rows
