@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import optax
 
-from tlb_jax import allocator, profiling
+from tlb_jax import allocator, benchmark, profiling
 from tlb_jax.models.tlb import TLB
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,6 +37,27 @@ def test_benchmark_command_writes_timings_flops_and_a_train_step_profile(tmp_pat
                           if (row['phase'], row['kind']) == ('backward, in a loop', 'matmul')]
   assert backward_loop_matmul and backward_loop_matmul[0]['ms'] > 0
   assert list(trace_dir.rglob('*.xplane.pb'))
+
+
+class _Program:
+  """Stands in for a jax `Lowered` or `Compiled`: `cost_analysis()` gives `cost`."""
+
+  def __init__(self, cost, compiled=None):
+    self.cost, self.compiled = cost, compiled
+
+  def cost_analysis(self):
+    return self.cost
+
+  def compile(self):
+    return self.compiled
+
+
+def test_flops_come_from_the_compiled_program_where_the_lowered_one_has_no_cost_analysis():
+  """On GPU (JAX 0.11.2, H200) `Lowered.cost_analysis()` returns None; the benchmark crashed."""
+  assert benchmark._gflops(_Program({'flops': 2e9})) == 2.0
+  assert benchmark._gflops(_Program(None, _Program({'flops': 3e9}))) == 3.0
+  assert benchmark._gflops(_Program(None, _Program([{'flops': 4e9}]))) == 4.0
+  assert np.isnan(benchmark._gflops(_Program(None, _Program(None))))
 
 
 def test_self_time_subtracts_the_spans_nested_directly_inside():

@@ -107,8 +107,16 @@ def step_gflops(config, batch_size: int, num_classes: int) -> dict[str, float]:
   lowered_train = jax.jit(jax.vmap(train_step, axis_name='batch')).lower(one(state), train_batch)
   lowered_eval = jax.jit(jax.vmap(eval_step, axis_name='batch')).lower(one(state.params),
                                                                      eval_batch)
-  flops = lambda lowered: lowered.cost_analysis()['flops'] / 1e9
-  return {'train': flops(lowered_train), 'eval': flops(lowered_eval)}
+  return {'train': _gflops(lowered_train), 'eval': _gflops(lowered_eval)}
+
+
+def _gflops(lowered) -> float:
+  """GFLOPs by XLA's cost analysis: of the lowered program where the backend analyses it
+  unoptimized (CPU), else of the compiled one (GPU gives None for the lowered); NaN if neither."""
+  cost = lowered.cost_analysis() or lowered.compile().cost_analysis()
+  if isinstance(cost, (list, tuple)):  # one entry per program in older JAX versions
+    cost = cost[0] if cost else None
+  return cost['flops'] / 1e9 if cost and 'flops' in cost else float('nan')
 
 
 def _pmapped_steps(config, num_classes: int):
