@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import optax
 
+from configs import smoke
 from tlb_jax import allocator, benchmark, profiling
 from tlb_jax.models.tlb import TLB
 
@@ -58,6 +59,15 @@ def test_flops_come_from_the_compiled_program_where_the_lowered_one_has_no_cost_
   assert benchmark._gflops(_Program(None, _Program({'flops': 3e9}))) == 3.0
   assert benchmark._gflops(_Program(None, _Program([{'flops': 4e9}]))) == 4.0
   assert np.isnan(benchmark._gflops(_Program(None, _Program(None))))
+
+
+def test_benchmark_without_flops_times_both_steps_and_prints_dashes_for_the_flop_columns():
+  config = smoke.get_config()
+  result = benchmark.benchmark(config, num_classes=10, repeats=1, warmup=1, count_flops=False)
+  for step in ('train', 'eval'):
+    assert result[step]['images_per_s'] > 0 and 'gflop_per_image' not in result[step]
+  assert '| train |' in benchmark.format_table(result)
+  assert benchmark.format_table(result).splitlines()[-1].endswith('| - | - | - | - |')
 
 
 def test_self_time_subtracts_the_spans_nested_directly_inside():

@@ -4,6 +4,8 @@
   python -m tlb_jax.benchmark --config=configs/cifar10_seed.py --sweep   # tokens sweep, tlb vs vit
   python -m tlb_jax.benchmark --config=configs/cifar10_seed.py --profile_dir=/tmp/trace  # + where
       # the train step's time goes (tlb_jax.profiling)
+  python -m tlb_jax.benchmark --config=configs/cifar10_2h.py --noflops  # timings only: two
+      # compiles fewer (on a GPU one train-step compile can take most of a minute)
 
 Times the pmapped `train.train_step` (augmentation included) and `train.eval_step` on random
 uint8 batches: warm-up calls excluded, the median of `--repeats` calls reported. FLOPs come
@@ -46,6 +48,8 @@ flags.DEFINE_string('profile_dir', None, 'Also trace --profile_steps train steps
                     'where their time goes: forward/backward, in the chunk scan or not, matmuls, '
                     'dropout, the rest.')
 flags.DEFINE_integer('profile_steps', 3, 'Train steps traced with --profile_dir.')
+flags.DEFINE_bool('flops', True, 'Count FLOPs and the fraction of peak; this compiles the '
+                  'unrolled train and eval steps too, which --noflops skips (timings only).')
 
 
 def median_seconds(fn, repeats: int, warmup: int) -> float:
@@ -160,17 +164,18 @@ def profile_train_step(run_train, train_hlo_text, log_dir: str, num_steps: int) 
 
 
 def benchmark(config, num_classes: int, repeats: int, warmup: int,
-              profile_dir: str | None = None, profile_steps: int = 3) -> dict:
-  """The full table for one config: peaks, step times, FLOPs and the fraction of peak; with
-  `profile_dir`, also 'train_profile', where the timed train step's time goes."""
+              profile_dir: str | None = None, profile_steps: int = 3,
+              count_flops: bool = True) -> dict:
+  """The full table for one config: peaks, step times and (with `count_flops`) FLOPs and the
+  fraction of peak; with `profile_dir`, also 'train_profile', where the train step's time goes."""
   config_validation.validate(config, jax.local_device_count())
   compute_dtype = np.dtype(layers.resolve_dtype(config.dtype)).name
   peaks = {'float32': matmul_peak(jnp.float32), 'bfloat16': matmul_peak(jnp.bfloat16)}
-  gflops = step_gflops(config, config.batch_size, num_classes)
+  gflops = step_gflops(config, config.batch_size, num_classes) if count_flops else None
   run_train, run_eval, train_hlo_text = _pmapped_steps(config, num_classes)
   timings = measure(config.batch_size, {'train': run_train, 'eval': run_eval}, repeats, warmup)
   peak = peaks.get(compute_dtype, peaks['float32'])
-  for name, row in timings.items():
+  for name, row in timings.items() if gflops else ():
     row['gflop_per_image'] = gflops[name] / config.batch_size
     row['gflop_per_s'] = gflops[name] / (row['ms_per_step'] / 1e3)
     row['peak_fraction'] = row['gflop_per_s'] / peak
@@ -226,9 +231,10 @@ def format_table(result: dict) -> str:
            '| --- | --- | --- | --- | --- | --- | --- |']
   for name in ('train', 'eval'):
     r = result[name]
-    lines.append(f"| {name} | {r['images_per_s']:.0f} | {r['ms_per_step']:.1f} | "
-                 f"{r['gflop_per_image']:.3f} | {r['gflop_per_s']:.0f} | "
-                 f"{100 * r['peak_fraction']:.0f}% | {r['compute_limit_images_per_s']:.0f} |")
+    flops = (f"{r['gflop_per_image']:.3f} | {r['gflop_per_s']:.0f} | "
+             f"{100 * r['peak_fraction']:.0f}% | {r['compute_limit_images_per_s']:.0f}"
+             if 'gflop_per_image' in r else '- | - | - | -')
+    lines.append(f"| {name} | {r['images_per_s']:.0f} | {r['ms_per_step']:.1f} | {flops} |")
   return '\n'.join(lines)
 
 
@@ -246,7 +252,7 @@ def main(argv):
   else:
     try:
       result = benchmark(config, FLAGS.num_classes, FLAGS.repeats, FLAGS.warmup,
-                         FLAGS.profile_dir, FLAGS.profile_steps)
+                         FLAGS.profile_dir, FLAGS.profile_steps, FLAGS.flops)
     except config_validation.ConfigError as e:
       print(f'error: {e}', file=sys.stderr)
       sys.exit(2)
