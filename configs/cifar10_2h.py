@@ -8,6 +8,9 @@
 - four attention heads of 16 features instead of one of 64 (the same parameters).
 Together its train step costs what the old recipe's did (484 against 490 images/s, back to
 back); 60 epochs took 91 minutes on this machine (docs/results.md).
+Evaluation averages the logits of each image and its mirror image (`eval_flip_average`): on
+the validation split of that run's final checkpoint, 78.28% against 77.43%, for twice the
+cost of every evaluation (the per-epoch validation included).
 """
 
 from configs import cifar10_32px
@@ -19,4 +22,5 @@ def get_config():
   config.tlb.chunk_size = 16
   config.tlb.num_heads = 4
   config.num_epochs = 60
+  config.eval_flip_average = True
   return config

@@ -44,6 +44,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.random_flip = True
   config.mixup_alpha = 0.0       # > 0: mixup with Beta(alpha, alpha) weights (on device)
   config.cutmix_alpha = 0.0      # > 0: CutMix; with both > 0, each batch uses one of them
+  config.eval_flip_average = False  # True: eval/test/predict average the logits of each image
+                                    # and its mirror image (twice the eval cost)
 
   # Optimization: AdamW.
   config.seed = 42

@@ -160,6 +160,39 @@ def test_evaluate_counts_every_example_once_with_padding(tiny):
   np.testing.assert_allclose(result['loss'], losses.mean(), rtol=1e-5)
 
 
+def _eval_logits_fn(model, flip_average):
+  return jax.jit(lambda params, images: train.eval_logits(
+      model.apply, params, images / np.float32(255), flip_average=flip_average))
+
+
+def test_flip_averaged_eval_scores_an_image_and_its_mirror_image_alike(tiny):
+  model, state, _ = tiny
+  images = _batch(4, seed=3)['image']
+  mirrored = images[:, :, ::-1]
+  averaged = _eval_logits_fn(model, flip_average=True)
+  np.testing.assert_allclose(averaged(state.params, images), averaged(state.params, mirrored),
+                             rtol=1e-5, atol=1e-6)
+  plain = _eval_logits_fn(model, flip_average=False)
+  assert not np.allclose(plain(state.params, images), plain(state.params, mirrored), atol=1e-4)
+
+
+def test_flip_averaged_eval_logits_are_the_mean_of_the_image_and_mirror_logits(tiny):
+  model, state, _ = tiny
+  images = _batch(4, seed=4)['image']
+  plain = _eval_logits_fn(model, flip_average=False)
+  np.testing.assert_allclose(
+      _eval_logits_fn(model, flip_average=True)(state.params, images),
+      (plain(state.params, images) + plain(state.params, images[:, :, ::-1])) / 2,
+      rtol=1e-5, atol=1e-6)
+
+
+def test_eval_step_of_a_config_without_eval_flip_average_does_not_flip():
+  """Workdirs trained before the field existed restore configs that lack it."""
+  config = cifar10.get_config()
+  del config['eval_flip_average']
+  assert train.make_eval_step(config, TLB(**TINY)).keywords['flip_average'] is False
+
+
 # -------------------------------------------------------------------------------- checkpoints
 
 

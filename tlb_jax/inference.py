@@ -149,13 +149,15 @@ def restore(workdir: str, config: ml_collections.ConfigDict | None = None) -> Ru
 # ----------------------------------------------------------------------------- prediction
 
 
-def predict_step(params, images, *, apply_fn, image_size: int, with_attention: bool):
-  """Class probabilities of uint8 images, preprocessed as `train.eval_step` does.
+def predict_step(params, images, *, apply_fn, image_size: int, with_attention: bool,
+                 flip_average: bool = False):
+  """Class probabilities of uint8 images, preprocessed and scored as `train.eval_step` does
+  (with `flip_average`, from the mean logits of each image and its mirror image).
 
   Returns:
     {'probabilities': (B, num_classes) float32, 'images': (B, S, S, 3) float32 in [0, 1] as the
      model saw them, and with `with_attention` 'attention': (B, C, H, L, K), the TLB's
-     slow-stream attention over each chunk's tokens}.
+     slow-stream attention over each chunk's tokens (of the image itself, not its mirror)}.
   """
   images = augment.eval_preprocess(images, image_size=image_size)
   variables = {'params': params}
@@ -165,21 +167,26 @@ def predict_step(params, images, *, apply_fn, image_size: int, with_attention: b
     outputs['attention'] = intermediates['attention'].astype(jnp.float32)
   else:
     logits = apply_fn(variables, images, train=False)
+  if flip_average:
+    logits = (logits + apply_fn(variables, images[:, :, ::-1], train=False)) / 2
   outputs['probabilities'] = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
   return outputs
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'image_size', 'with_attention'))
-def _jitted_predict_step(params, images, *, model, image_size: int, with_attention: bool):
+@functools.partial(jax.jit, static_argnames=('model', 'image_size', 'with_attention',
+                                             'flip_average'))
+def _jitted_predict_step(params, images, *, model, image_size: int, with_attention: bool,
+                         flip_average: bool):
   # The model is a static argument: equal models (same class and fields) share compilations.
   return predict_step(params, images, apply_fn=model.apply, image_size=image_size,
-                      with_attention=with_attention)
+                      with_attention=with_attention, flip_average=flip_average)
 
 
 def make_predict_fn(model, config: ml_collections.ConfigDict, with_attention: bool):
   """jit(predict_step) for `model`: fn(params, uint8 images (B, h, w, 3)) -> dict."""
   return functools.partial(_jitted_predict_step, model=model, image_size=config.image_size,
-                           with_attention=with_attention)
+                           with_attention=with_attention,
+                           flip_average=config.get('eval_flip_average', False))
 
 
 def predict(predict_fn, params, images: np.ndarray) -> dict[str, np.ndarray]:

@@ -164,10 +164,19 @@ def train_step(state: TrainState, batch, *, learning_rate_fn, resize_size: int,
   return new_state, step_metrics
 
 
-def eval_step(params, batch, *, apply_fn, image_size: int):
+def eval_logits(apply_fn, params, images, *, flip_average: bool):
+  """Logits (B, num_classes) of preprocessed images (B, S, S, 3); with `flip_average`, the
+  mean of each image's and its mirror image's logits (flip test-time augmentation)."""
+  logits = apply_fn({'params': params}, images, train=False)
+  if flip_average:
+    logits = (logits + apply_fn({'params': params}, images[:, :, ::-1], train=False)) / 2
+  return logits
+
+
+def eval_step(params, batch, *, apply_fn, image_size: int, flip_average: bool = False):
   """Metrics of a padded per-device batch; padding (mask False) does not count."""
   images = augment.eval_preprocess(batch['image'], image_size=image_size)
-  logits = apply_fn({'params': params}, images, train=False)
+  logits = eval_logits(apply_fn, params, images, flip_average=flip_average)
   return EvalMetrics.gather_from_model_output(
       loss=cross_entropy_loss(logits, batch['label']), logits=logits, labels=batch['label'],
       top5_correct=top5_correct(logits, batch['label']), mask=batch['mask'])
@@ -213,7 +222,9 @@ def make_train_step(config: ml_collections.ConfigDict, learning_rate_fn: optax.S
 
 def make_eval_step(config: ml_collections.ConfigDict, model):
   """`eval_step` with the model and input size bound; pmap it over axis 'batch'."""
-  return functools.partial(eval_step, apply_fn=model.apply, image_size=config.image_size)
+  # Workdirs trained before the field existed have no `eval_flip_average` in config.json.
+  return functools.partial(eval_step, apply_fn=model.apply, image_size=config.image_size,
+                           flip_average=config.get('eval_flip_average', False))
 
 
 def evaluate(p_eval_step, params, split: input_pipeline.Split,
