@@ -44,8 +44,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.random_flip = True
   config.mixup_alpha = 0.0       # > 0: mixup with Beta(alpha, alpha) weights (on device)
   config.cutmix_alpha = 0.0      # > 0: CutMix; with both > 0, each batch uses one of them
-  config.eval_flip_average = False  # True: eval/test/predict average the logits of each image
-                                    # and its mirror image (twice the eval cost)
+  config.eval_resize_size = 0    # eval resizes to this, then crops image_size (0: image_size)
+  config.test_time_augmentation = 'none'  # final val/test, --mode=eval/predict: 'flip' averages
+                                 # 2 views, 'crops_flip' 10 (5 crops of eval_resize_size, flipped)
 
   # Optimization: AdamW.
   config.seed = 42

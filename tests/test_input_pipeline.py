@@ -283,6 +283,32 @@ def test_eval_preprocess_resizes_to_image_size():
                              rtol=1e-6)
 
 
+def test_eval_preprocess_with_a_resize_size_takes_the_central_crop():
+  images = _uint8_images()
+  resized = augment.resize(augment.to_unit_float(images), 36)
+  np.testing.assert_array_equal(augment.eval_preprocess(images, image_size=32, resize_size=36),
+                                resized[:, 2:34, 2:34])
+
+
+def test_eval_views_are_the_centre_and_corner_crops_then_their_mirror_images():
+  images = _uint8_images()
+  resized = np.asarray(augment.resize(augment.to_unit_float(images), 36))
+  views = np.asarray(augment.eval_views(images, image_size=32, resize_size=36,
+                                        augmentation='crops_flip'))
+  crops = [resized[:, r:r + 32, c:c + 32] for r, c in ((2, 2), (0, 0), (0, 4), (4, 0), (4, 4))]
+  assert views.shape == (10, 4, 32, 32, 3)
+  np.testing.assert_array_equal(views, np.stack(crops + [c[:, :, ::-1] for c in crops]))
+
+
+@pytest.mark.parametrize('augmentation, num_views', [('none', 1), ('flip', 2)])
+def test_eval_views_without_crops_are_the_resized_image_and_its_mirror_image(augmentation,
+                                                                            num_views):
+  images = _uint8_images()
+  views = np.asarray(augment.eval_views(images, image_size=32, augmentation=augmentation))
+  expected = [images / np.float32(255), images[:, :, ::-1] / np.float32(255)][:num_views]
+  np.testing.assert_allclose(views, np.stack(expected), rtol=1e-6)
+
+
 def _unit_images(batch=6, size=8, seed=0):
   return np.random.default_rng(seed).uniform(size=(batch, size, size, 3)).astype(np.float32)
 

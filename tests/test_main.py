@@ -211,6 +211,13 @@ def _smoke_with(**overrides):
      '--config.tlb.chunk_size=5'),
     (dict(tlb__embed_dim=33), 1,
      '--config.tlb.embed_dim=33 is not divisible by --config.tlb.num_heads=2'),
+    (dict(test_time_augmentation='ten_crop'), 1,
+     "--config.test_time_augmentation='ten_crop' is not allowed; use one of"),
+    (dict(eval_resize_size=12), 1, '--config.eval_resize_size=12 must be 0 or >= '
+     '--config.image_size=16'),
+    (dict(test_time_augmentation='crops_flip', eval_resize_size=16), 1,
+     '--config.test_time_augmentation=crops_flip crops the image resized to '
+     '--config.eval_resize_size, which must exceed --config.image_size (16)'),
 ], ids=lambda value: None if not isinstance(value, dict) else '-'.join(value))
 def test_validate_rejects_invalid_field_with_one_line_message(overrides, num_devices, message):
   """Each invalid field is a one-line ConfigError naming the field (and what it must be)."""

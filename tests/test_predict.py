@@ -130,13 +130,14 @@ def test_predict_of_a_png_matches_the_eval_pipeline_on_the_same_pixels(workdir, 
   np.testing.assert_allclose(from_file['probabilities'], as_eval['probabilities'], atol=1e-2)
 
 
-def test_predict_with_eval_flip_average_gives_an_image_and_its_mirror_the_same_probabilities(
+def test_predict_with_crops_flip_gives_an_image_and_its_mirror_image_the_same_probabilities(
     workdir):
+  """The shared run evaluates with test_time_augmentation='crops_flip': its ten views of an
+  image and of its mirror image are the same ten views."""
   run = inference.restore(workdir)
-  config = run.config.copy_and_resolve_references()
-  config.eval_flip_average = True
+  assert run.config.test_time_augmentation == 'crops_flip'
   pixels = np.random.default_rng(2).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
-  predict_fn = inference.make_predict_fn(run.model, config, with_attention=True)
+  predict_fn = inference.make_predict_fn(run.model, run.config, with_attention=True)
   original, mirrored = (inference.predict(predict_fn, run.params, x)['probabilities']
                         for x in (pixels, pixels[:, :, ::-1]))
   np.testing.assert_allclose(original, mirrored, rtol=1e-5, atol=1e-6)

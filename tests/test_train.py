@@ -160,37 +160,31 @@ def test_evaluate_counts_every_example_once_with_padding(tiny):
   np.testing.assert_allclose(result['loss'], losses.mean(), rtol=1e-5)
 
 
-def _eval_logits_fn(model, flip_average):
-  return jax.jit(lambda params, images: train.eval_logits(
-      model.apply, params, images / np.float32(255), flip_average=flip_average))
-
-
-def test_flip_averaged_eval_scores_an_image_and_its_mirror_image_alike(tiny):
+def test_eval_logits_are_the_mean_of_each_views_logits(tiny):
   model, state, _ = tiny
-  images = _batch(4, seed=3)['image']
-  mirrored = images[:, :, ::-1]
-  averaged = _eval_logits_fn(model, flip_average=True)
-  np.testing.assert_allclose(averaged(state.params, images), averaged(state.params, mirrored),
-                             rtol=1e-5, atol=1e-6)
-  plain = _eval_logits_fn(model, flip_average=False)
-  assert not np.allclose(plain(state.params, images), plain(state.params, mirrored), atol=1e-4)
+  views = augment.eval_views(_batch(4, seed=3)['image'], image_size=IMAGE_SIZE,
+                             resize_size=IMAGE_SIZE + 2, augmentation='crops_flip')
+  apply = jax.jit(lambda images: model.apply({'params': state.params}, images, train=False))
+  expected = np.mean([np.asarray(apply(view)) for view in views], axis=0)
+  averaged = jax.jit(functools.partial(train.eval_logits, model.apply))(state.params, views)
+  np.testing.assert_allclose(averaged, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_flip_averaged_eval_logits_are_the_mean_of_the_image_and_mirror_logits(tiny):
-  model, state, _ = tiny
-  images = _batch(4, seed=4)['image']
-  plain = _eval_logits_fn(model, flip_average=False)
-  np.testing.assert_allclose(
-      _eval_logits_fn(model, flip_average=True)(state.params, images),
-      (plain(state.params, images) + plain(state.params, images[:, :, ::-1])) / 2,
-      rtol=1e-5, atol=1e-6)
-
-
-def test_eval_step_of_a_config_without_eval_flip_average_does_not_flip():
-  """Workdirs trained before the field existed restore configs that lack it."""
+def test_per_epoch_validation_scores_one_view_and_final_evaluations_the_configured_views():
   config = cifar10.get_config()
-  del config['eval_flip_average']
-  assert train.make_eval_step(config, TLB(**TINY)).keywords['flip_average'] is False
+  config.update(eval_resize_size=52, test_time_augmentation='crops_flip')
+  assert train.eval_view_args(config, test_time=False) == {'resize_size': 52,
+                                                            'augmentation': 'none'}
+  assert train.eval_view_args(config, test_time=True) == {'resize_size': 52,
+                                                           'augmentation': 'crops_flip'}
+
+
+def test_a_config_from_before_the_eval_fields_evaluates_the_plain_resize():
+  """Workdirs trained before the fields existed restore configs that lack them."""
+  config = cifar10.get_config()
+  del config['eval_resize_size'], config['test_time_augmentation']
+  assert train.eval_view_args(config, test_time=True) == {'resize_size': 0,
+                                                           'augmentation': 'none'}
 
 
 # -------------------------------------------------------------------------------- checkpoints

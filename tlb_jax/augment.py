@@ -1,8 +1,10 @@
 """Image preprocessing that runs on the accelerator, inside the jitted train and eval steps.
 
 Matches the seed: rescale to [0, 1], resize, then for training a random crop and a random
-horizontal flip; for evaluation a resize to the model's input size. Optionally, training batches
-are then blended by mixup or CutMix (`mix_batch`).
+horizontal flip; for evaluation a resize to the model's input size (or to the training resize,
+then the central crop, with `eval_resize_size`), optionally as several views that test-time
+augmentation averages (`eval_views`). Optionally, training batches are then blended by mixup or
+CutMix (`mix_batch`).
 """
 
 import jax
@@ -45,9 +47,32 @@ def train_preprocess(rng, images, *, resize_size: int, image_size: int, flip: bo
   return random_flip(flip_rng, images) if flip else images
 
 
-def eval_preprocess(images, *, image_size: int):
-  """uint8 (B, h, w, 3) -> float32 (B, image_size, image_size, 3) in [0, 1]."""
-  return resize(to_unit_float(images), image_size)
+TEST_TIME_AUGMENTATIONS = ('none', 'flip', 'crops_flip')
+
+
+def eval_views(images, *, image_size: int, resize_size: int = 0, augmentation: str = 'none'):
+  """uint8 (B, h, w, 3) -> float32 (V, B, image_size, image_size, 3) in [0, 1].
+
+  Each image is resized to `resize_size` (0: `image_size`) and cropped to `image_size`:
+  'none' gives the central crop (V = 1); 'flip' adds its mirror image (V = 2); 'crops_flip'
+  takes the central and the four corner crops and their mirror images (V = 10). View 0 is always
+  the central crop.
+  """
+  resize_size = resize_size or image_size
+  resized = resize(to_unit_float(images), resize_size)
+  centre, far = (resize_size - image_size) // 2, resize_size - image_size
+  corners = ((0, 0), (0, far), (far, 0), (far, far)) if augmentation == 'crops_flip' else ()
+  views = [resized[:, row:row + image_size, col:col + image_size]
+           for row, col in ((centre, centre),) + corners]
+  if augmentation != 'none':
+    views += [view[:, :, ::-1] for view in views]
+  return jnp.stack(views)
+
+
+def eval_preprocess(images, *, image_size: int, resize_size: int = 0):
+  """uint8 (B, h, w, 3) -> float32 (B, image_size, image_size, 3) in [0, 1]: the central
+  `image_size` crop of the images resized to `resize_size` (0: straight to `image_size`)."""
+  return eval_views(images, image_size=image_size, resize_size=resize_size)[0]
 
 
 def cutmix_box(rng, height: int, width: int, weight):

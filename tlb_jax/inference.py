@@ -10,7 +10,7 @@ Image files are read with Pillow: EXIF rotation applied, 16-bit and float greysc
 whole image resized (not cropped; the aspect ratio is not kept) straight to the model's
 `config.image_size` with antialiased bilinear filtering, the host-side equivalent of the
 `jax.image.resize` that eval applies to the 32x32 uint8 CIFAR images. The result is uint8, as a
-test batch is, and goes through the same `augment.eval_preprocess` in the jitted step.
+test batch is, and goes through the same `augment.eval_views` in the jitted step.
 """
 
 import dataclasses
@@ -150,43 +150,41 @@ def restore(workdir: str, config: ml_collections.ConfigDict | None = None) -> Ru
 
 
 def predict_step(params, images, *, apply_fn, image_size: int, with_attention: bool,
-                 flip_average: bool = False):
+                 resize_size: int = 0, augmentation: str = 'none'):
   """Class probabilities of uint8 images, preprocessed and scored as `train.eval_step` does
-  (with `flip_average`, from the mean logits of each image and its mirror image).
+  (the mean logits of the `augment.eval_views` of `augmentation`).
 
   Returns:
     {'probabilities': (B, num_classes) float32, 'images': (B, S, S, 3) float32 in [0, 1] as the
      model saw them, and with `with_attention` 'attention': (B, C, H, L, K), the TLB's
-     slow-stream attention over each chunk's tokens (of the image itself, not its mirror)}.
+     slow-stream attention over each chunk's tokens, of the central view}.
   """
-  images = augment.eval_preprocess(images, image_size=image_size)
-  variables = {'params': params}
-  outputs = {'images': images}
+  views = augment.eval_views(images, image_size=image_size, resize_size=resize_size,
+                             augmentation=augmentation)
+  outputs = {'images': views[0]}
   if with_attention:
-    logits, intermediates = apply_fn(variables, images, train=False, return_intermediates=True)
+    _, intermediates = apply_fn({'params': params}, views[0], train=False,
+                                return_intermediates=True)
     outputs['attention'] = intermediates['attention'].astype(jnp.float32)
-  else:
-    logits = apply_fn(variables, images, train=False)
-  if flip_average:
-    logits = (logits + apply_fn(variables, images[:, :, ::-1], train=False)) / 2
-  outputs['probabilities'] = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  outputs['probabilities'] = jax.nn.softmax(train.eval_logits(apply_fn, params, views), axis=-1)
   return outputs
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'image_size', 'with_attention',
-                                             'flip_average'))
+                                             'resize_size', 'augmentation'))
 def _jitted_predict_step(params, images, *, model, image_size: int, with_attention: bool,
-                         flip_average: bool):
+                         resize_size: int, augmentation: str):
   # The model is a static argument: equal models (same class and fields) share compilations.
   return predict_step(params, images, apply_fn=model.apply, image_size=image_size,
-                      with_attention=with_attention, flip_average=flip_average)
+                      with_attention=with_attention, resize_size=resize_size,
+                      augmentation=augmentation)
 
 
 def make_predict_fn(model, config: ml_collections.ConfigDict, with_attention: bool):
   """jit(predict_step) for `model`: fn(params, uint8 images (B, h, w, 3)) -> dict."""
   return functools.partial(_jitted_predict_step, model=model, image_size=config.image_size,
                            with_attention=with_attention,
-                           flip_average=config.get('eval_flip_average', False))
+                           **train.eval_view_args(config, test_time=True))
 
 
 def predict(predict_fn, params, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -370,7 +368,8 @@ def evaluate_checkpoint(workdir: str,
     raise InferenceError('--mode=eval tests on --config.test_split, which is empty; pass '
                          '--config.test_split=test (or another split)')
   test = input_pipeline.load_split(builder, config.test_split)
-  p_eval_step = jax.pmap(train.make_eval_step(config, run.model), axis_name='batch')
+  p_eval_step = jax.pmap(train.make_eval_step(config, run.model, test_time=True),
+                         axis_name='batch')
   start = time.time()
   metrics = train.evaluate(p_eval_step, jax_utils.replicate(run.params), test,
                            config.eval_batch_size)

@@ -164,19 +164,20 @@ def train_step(state: TrainState, batch, *, learning_rate_fn, resize_size: int,
   return new_state, step_metrics
 
 
-def eval_logits(apply_fn, params, images, *, flip_average: bool):
-  """Logits (B, num_classes) of preprocessed images (B, S, S, 3); with `flip_average`, the
-  mean of each image's and its mirror image's logits (flip test-time augmentation)."""
-  logits = apply_fn({'params': params}, images, train=False)
-  if flip_average:
-    logits = (logits + apply_fn({'params': params}, images[:, :, ::-1], train=False)) / 2
-  return logits
+def eval_logits(apply_fn, params, views):
+  """Float32 logits (B, num_classes): the mean over views (V, B, S, S, 3) from
+  `augment.eval_views` of the model's logits (one view: that view's logits)."""
+  # lax.map traces the model once and keeps one view's activations alive at a time.
+  logits = jax.lax.map(lambda images: apply_fn({'params': params}, images, train=False), views)
+  return logits.astype(jnp.float32).mean(axis=0)
 
 
-def eval_step(params, batch, *, apply_fn, image_size: int, flip_average: bool = False):
+def eval_step(params, batch, *, apply_fn, image_size: int, resize_size: int = 0,
+              augmentation: str = 'none'):
   """Metrics of a padded per-device batch; padding (mask False) does not count."""
-  images = augment.eval_preprocess(batch['image'], image_size=image_size)
-  logits = eval_logits(apply_fn, params, images, flip_average=flip_average)
+  views = augment.eval_views(batch['image'], image_size=image_size, resize_size=resize_size,
+                             augmentation=augmentation)
+  logits = eval_logits(apply_fn, params, views)
   return EvalMetrics.gather_from_model_output(
       loss=cross_entropy_loss(logits, batch['label']), logits=logits, labels=batch['label'],
       top5_correct=top5_correct(logits, batch['label']), mask=batch['mask'])
@@ -220,11 +221,19 @@ def make_train_step(config: ml_collections.ConfigDict, learning_rate_fn: optax.S
       cutmix_alpha=config.cutmix_alpha, skip_nonfinite_steps=config.skip_nonfinite_steps)
 
 
-def make_eval_step(config: ml_collections.ConfigDict, model):
-  """`eval_step` with the model and input size bound; pmap it over axis 'batch'."""
-  # Workdirs trained before the field existed have no `eval_flip_average` in config.json.
+def make_eval_step(config: ml_collections.ConfigDict, model, test_time: bool = False):
+  """`eval_step` with the model and input size bound; pmap it over axis 'batch'. With
+  `test_time`, it averages the views of `config.test_time_augmentation` (final evaluations);
+  without, it scores the central view only (the cheap per-epoch validation)."""
   return functools.partial(eval_step, apply_fn=model.apply, image_size=config.image_size,
-                           flip_average=config.get('eval_flip_average', False))
+                           **eval_view_args(config, test_time))
+
+
+def eval_view_args(config: ml_collections.ConfigDict, test_time: bool) -> dict[str, Any]:
+  """`augment.eval_views` keyword arguments of `config`. Workdirs trained before the eval
+  fields existed have none of them in config.json: they evaluate as they did then."""
+  return {'resize_size': config.get('eval_resize_size', 0),
+          'augmentation': config.get('test_time_augmentation', 'none') if test_time else 'none'}
 
 
 def evaluate(p_eval_step, params, split: input_pipeline.Split,
@@ -315,6 +324,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   p_train_step = jax.pmap(make_train_step(config, learning_rate_fn), axis_name='batch',
                           donate_argnums=(0,))
   p_eval_step = jax.pmap(make_eval_step(config, model), axis_name='batch')
+  tta = eval_view_args(config, test_time=True)['augmentation'] != 'none'
+  p_final_eval_step = (jax.pmap(make_eval_step(config, model, test_time=True), axis_name='batch')
+                       if tta else p_eval_step)
 
   eval_every_steps = config.eval_every_epochs * steps_per_epoch
   # Replicate onto the pmap's own axis name: the steps' outputs then have the sharding of
@@ -379,8 +391,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     with open(results_path) as f:
       return json.load(f)
 
-  if final_eval is None:  # training had finished before this call, results had not been written
-    final_eval = evaluate(p_eval_step, state.params, data.eval, config.eval_batch_size)
+  if final_eval is None or tta:  # no final validation yet, or not with the test-time views
+    final_eval = evaluate(p_final_eval_step, state.params, data.eval, config.eval_batch_size)
   results = {
       'model': config.model,
       'dataset': config.dataset,
@@ -399,7 +411,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   }
   if data.test is not None:
     test_start = time.time()
-    test = evaluate(p_eval_step, state.params, data.test, config.eval_batch_size)
+    test = evaluate(p_final_eval_step, state.params, data.test, config.eval_batch_size)
     results.update(results_of_test(test, time.time() - test_start))
     writer.write_scalars(total_steps, {f'test_{k}': v for k, v in test.items()})
   writer.flush()
