@@ -87,8 +87,8 @@ def _run(mode: str) -> int:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir, fresh=FLAGS.fresh)
   elif mode == 'eval':
     results = inference.evaluate_checkpoint(FLAGS.workdir, FLAGS.config)
-    print(f'step {results["step"]}: test top-1 {results["test_top1"]:.4f}, top-5 '
-          f'{results["test_top5"]:.4f}, loss {results["test_loss"]:.4f} on '
+    print(f'step {results["step"]}: {results["test_split"]} top-1 {results["test_top1"]:.4f}, '
+          f'top-5 {results["test_top5"]:.4f}, loss {results["test_loss"]:.4f} on '
           f'{results["test_examples"]} examples; results in '
           f'{os.path.join(FLAGS.workdir, "results.json")}')
   elif mode == 'predict':
