@@ -204,6 +204,8 @@ def test_eval_mode_writes_results_json_for_the_latest_checkpoint(workdir, tmp_pa
   assert results['step'] == trained['step']
   assert results['test_examples'] == trained['test_examples'] == trained_run.MOCK_EXAMPLES
   assert results['test_top1'] == pytest.approx(trained['test_top1'])
+  assert results['test_views'] == trained['test_views'] == trained['eval_views'] == {
+      'resize_size': 18, 'augmentation': 'crops_flip'}
   assert results['test_loss'] == pytest.approx(trained['test_loss'], rel=1e-5)
   assert 'train_wall_time_s' not in results  # no results.json of that step to keep them from
 
@@ -225,6 +227,17 @@ def test_eval_mode_keeps_the_training_fields_of_results_for_the_same_step(tmp_pa
     results = inference.evaluate_checkpoint(copy)
   assert results['train_wall_time_s'] == trained['train_wall_time_s']
   assert results['resumed_from_step'] == trained['resumed_from_step']
+
+
+def test_eval_mode_with_other_views_records_them_for_the_test_and_keeps_the_validations(
+    tmp_path_factory):
+  copy = trained_run.copy_of_trained_workdir(tmp_path_factory)
+  config = trained_run.config()
+  config.test_time_augmentation = 'flip'
+  with mock_cifar(trained_run.MOCK_EXAMPLES):
+    results = inference.evaluate_checkpoint(copy, config)
+  assert results['test_views'] == {'resize_size': 18, 'augmentation': 'flip'}
+  assert results['eval_views'] == {'resize_size': 18, 'augmentation': 'crops_flip'}
 
 
 # ------------------------------------------------------------------------------------ CLI
