@@ -405,7 +405,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       'eval_loss': final_eval['loss'],
       'eval_views': eval_view_args(config, test_time=True),
       'test_split': config.test_split,
-      'test_views': eval_view_args(config, test_time=True),
       'resumed_from_step': start_step,
       'train_wall_time_s': train_seconds,
       'train_images_per_s': ((total_steps - start_step) * config.batch_size / train_seconds
@@ -414,7 +413,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if data.test is not None:
     test_start = time.time()
     test = evaluate(p_final_eval_step, state.params, data.test, config.eval_batch_size)
-    results.update(results_of_test(test, time.time() - test_start))
+    results.update(results_of_test(test, time.time() - test_start),
+                   test_views=eval_view_args(config, test_time=True))
     writer.write_scalars(total_steps, {f'test_{k}': v for k, v in test.items()})
   writer.flush()
   checkpoints.close()
