@@ -273,20 +273,20 @@ def test_random_flip_mirrors_some_images_left_right():
   assert any(flipped) and any(kept)
 
 
-def test_eval_preprocess_resizes_to_image_size():
+def test_eval_view_resizes_to_image_size():
   """uint8 (B, 32, 32, 3) -> float32 (B, image_size, image_size, 3); no resize at 32 is x/255."""
   images = _uint8_images()
-  out = augment.eval_preprocess(images, image_size=48)
+  out = augment.eval_views(images, image_size=48)[0]
   assert out.shape == (4, 48, 48, 3) and out.dtype == jnp.float32
   assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
-  np.testing.assert_allclose(augment.eval_preprocess(images, image_size=32), images / 255.0,
+  np.testing.assert_allclose(augment.eval_views(images, image_size=32)[0], images / 255.0,
                              rtol=1e-6)
 
 
-def test_eval_preprocess_with_a_resize_size_takes_the_central_crop():
+def test_eval_view_with_a_resize_size_is_the_central_crop():
   images = _uint8_images()
   resized = augment.resize(augment.to_unit_float(images), 36)
-  np.testing.assert_array_equal(augment.eval_preprocess(images, image_size=32, resize_size=36),
+  np.testing.assert_array_equal(augment.eval_views(images, image_size=32, resize_size=36)[0],
                                 resized[:, 2:34, 2:34])
 
 

@@ -69,12 +69,6 @@ def eval_views(images, *, image_size: int, resize_size: int = 0, augmentation: s
   return jnp.stack(views)
 
 
-def eval_preprocess(images, *, image_size: int, resize_size: int = 0):
-  """uint8 (B, h, w, 3) -> float32 (B, image_size, image_size, 3) in [0, 1]: the central
-  `image_size` crop of the images resized to `resize_size` (0: straight to `image_size`)."""
-  return eval_views(images, image_size=image_size, resize_size=resize_size)[0]
-
-
 def cutmix_box(rng, height: int, width: int, weight):
   """(height, width) bool mask of a box of area about (1 - weight) * height * width at a uniform
   random center, clipped to the image (CutMix, Yun et al. 2019)."""

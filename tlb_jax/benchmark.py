@@ -175,11 +175,12 @@ def benchmark(config, num_classes: int, repeats: int, warmup: int,
   run_train, run_eval, train_hlo_text = _pmapped_steps(config, num_classes)
   timings = measure(config.batch_size, {'train': run_train, 'eval': run_eval}, repeats, warmup)
   peak = peaks.get(compute_dtype, peaks['float32'])
-  for name, row in timings.items() if gflops else ():
-    row['gflop_per_image'] = gflops[name] / config.batch_size
-    row['gflop_per_s'] = gflops[name] / (row['ms_per_step'] / 1e3)
-    row['peak_fraction'] = row['gflop_per_s'] / peak
-    row['compute_limit_images_per_s'] = peak / row['gflop_per_image']
+  if gflops:
+    for name, row in timings.items():
+      row['gflop_per_image'] = gflops[name] / config.batch_size
+      row['gflop_per_s'] = gflops[name] / (row['ms_per_step'] / 1e3)
+      row['peak_fraction'] = row['gflop_per_s'] / peak
+      row['compute_limit_images_per_s'] = peak / row['gflop_per_image']
   result = {
       'device': str(jax.devices()[0].device_kind), 'backend': jax.default_backend(),
       'local_devices': jax.local_device_count(), 'model': config.model,

@@ -67,14 +67,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     if not 0 <= config[field] < math.inf:
       raise ConfigError(f'--config.{field}={config[field]} must be >= 0 and finite (0: off)')
   # .get: configs of workdirs trained before these fields existed lack them.
-  _choice('test_time_augmentation', config.get('test_time_augmentation', 'none'),
-          TEST_TIME_AUGMENTATIONS)
+  augmentation = config.get('test_time_augmentation', 'none')
+  _choice('test_time_augmentation', augmentation, TEST_TIME_AUGMENTATIONS)
   eval_resize_size = config.get('eval_resize_size', 0)
   if eval_resize_size and eval_resize_size < config.image_size:
     raise ConfigError(f'--config.eval_resize_size={eval_resize_size} must be 0 or >= '
                       f'--config.image_size={config.image_size} (the central crop)')
-  if (config.get('test_time_augmentation') == 'crops_flip'
-      and eval_resize_size <= config.image_size):
+  if augmentation == 'crops_flip' and eval_resize_size <= config.image_size:
     raise ConfigError('--config.test_time_augmentation=crops_flip crops the image resized to '
                       '--config.eval_resize_size, which must exceed --config.image_size '
                       f'({config.image_size}); set it, e.g. to --config.resize_size')

@@ -324,7 +324,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   p_train_step = jax.pmap(make_train_step(config, learning_rate_fn), axis_name='batch',
                           donate_argnums=(0,))
   p_eval_step = jax.pmap(make_eval_step(config, model), axis_name='batch')
-  tta = eval_view_args(config, test_time=True)['augmentation'] != 'none'
+  final_views = eval_view_args(config, test_time=True)  # the final validation's and the test's
+  tta = final_views['augmentation'] != 'none'
   p_final_eval_step = (jax.pmap(make_eval_step(config, model, test_time=True), axis_name='batch')
                        if tta else p_eval_step)
 
@@ -403,7 +404,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       'eval_top1': final_eval['accuracy'],
       'eval_top5': final_eval['top5_accuracy'],
       'eval_loss': final_eval['loss'],
-      'eval_views': eval_view_args(config, test_time=True),
+      'eval_views': final_views,
       'test_split': config.test_split,
       'resumed_from_step': start_step,
       'train_wall_time_s': train_seconds,
@@ -414,7 +415,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     test_start = time.time()
     test = evaluate(p_final_eval_step, state.params, data.test, config.eval_batch_size)
     results.update(results_of_test(test, time.time() - test_start),
-                   test_views=eval_view_args(config, test_time=True))
+                   test_views=final_views)
     writer.write_scalars(total_steps, {f'test_{k}': v for k, v in test.items()})
   writer.flush()
   checkpoints.close()

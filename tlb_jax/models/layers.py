@@ -161,8 +161,9 @@ class Conv3x3(nn.Module):
   XLA:CPU runs the weight gradient of these small convolutions several times slower than the
   equivalent matmul: the benchmark's train step (32x32, chunks of 16, one head) did 372
   images/s with the 'stem' tokenizer on `nn.Conv` and 534 with this matmul (in its first form,
-  a Dense on the same neighbourhoods); the 'conv' tokenizer (chunks of 8) goes from 231 to 264. Parameters are laid out as `nn.Conv`'s ('kernel'
-  (3, 3, C, F), 'bias' (F,)), so runs saved with `nn.Conv` restore into it.
+  a Dense on the same neighbourhoods); the 'conv' tokenizer (chunks of 8) goes from 231 to 264.
+  Parameters are laid out as `nn.Conv`'s ('kernel' (3, 3, C, F), 'bias' (F,)), so runs saved
+  with `nn.Conv` restore into it.
 
   Attributes:
     features: F.
