@@ -41,6 +41,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.test_split = 'test'           # evaluated once, at the end ('': none, for probes)
   config.resize_size = 52        # images are resized to this, then randomly cropped...
   config.image_size = 48         # ...to this for training; eval resizes straight to it
+  config.crop_padding = 0        # > 0: pads the resize by this many pixels (reflect) before
+                                 # the crop: "random crop with padding" (eval crops share it)
   config.random_flip = True
   config.mixup_alpha = 0.0       # > 0: mixup with Beta(alpha, alpha) weights (on device)
   config.cutmix_alpha = 0.0      # > 0: CutMix; with both > 0, each batch uses one of them

@@ -263,6 +263,39 @@ def test_crop_is_identity_when_resize_equals_image_size():
   np.testing.assert_allclose(out, images / 255.0, rtol=1e-6)
 
 
+def test_reflect_pad_mirrors_the_borders_without_repeating_the_edge():
+  row = jnp.arange(4, dtype=jnp.float32).reshape(1, 1, 4, 1).repeat(4, axis=1)
+  padded = np.asarray(augment.reflect_pad(row, 2))
+  assert padded.shape == (1, 8, 8, 1)
+  np.testing.assert_array_equal(padded[0, 3, :, 0], [2, 1, 0, 1, 2, 3, 2, 1])
+
+
+def test_padded_random_crop_is_a_window_of_the_reflect_padded_image():
+  """With padding and resize_size == image_size, each training crop is a window of the
+  reflect-padded image, shifted by up to the padding."""
+  images = _uint8_images(batch=16, size=8)
+  padded = np.asarray(augment.reflect_pad(augment.to_unit_float(images), 2))
+  crops = np.asarray(augment.train_preprocess(jax.random.PRNGKey(0), images, resize_size=8,
+                                              image_size=8, flip=False, padding=2))
+  shifts = set()
+  for crop, canvas in zip(crops, padded):
+    matches = [(r, c) for r in range(5) for c in range(5)
+               if np.array_equal(crop, canvas[r:r + 8, c:c + 8])]
+    assert matches
+    shifts.add(matches[0])
+  assert len(shifts) > 1
+
+
+def test_eval_views_with_padding_keep_the_image_at_the_centre_and_take_corners_of_the_canvas():
+  images = _uint8_images()
+  padded = np.asarray(augment.reflect_pad(augment.to_unit_float(images), 4))
+  views = np.asarray(augment.eval_views(images, image_size=32, augmentation='crops_flip',
+                                        padding=4))
+  np.testing.assert_allclose(views[0], images / np.float32(255), rtol=1e-6)
+  np.testing.assert_array_equal(views[1], padded[:, :32, :32])
+  np.testing.assert_array_equal(views[4], padded[:, 8:, 8:])
+
+
 def test_random_flip_mirrors_some_images_left_right():
   """Each image is either unchanged or mirrored left-right, and both happen in a batch."""
   images = jnp.asarray(_uint8_images(batch=32) / 255.0, jnp.float32)

@@ -191,7 +191,8 @@ def _smoke_with(**overrides):
     (dict(label_smoothing=1.0), 1, '--config.label_smoothing=1.0 must be in [0, 1)'),
     (dict(mixup_alpha=-0.2), 1, '--config.mixup_alpha=-0.2 must be >= 0 and finite'),
     (dict(cutmix_alpha=float('nan')), 1, '--config.cutmix_alpha=nan must be >= 0 and finite'),
-    (dict(resize_size=12), 1, '--config.resize_size=12 must be >= --config.image_size=16'),
+    (dict(resize_size=12), 1, '--config.resize_size=12 (+ 2 x --config.crop_padding=0) must be '
+     '>= --config.image_size=16'),
     (dict(batch_size=127), 2, '--config.batch_size=127 must be divisible by the 2'),
     (dict(eval_batch_size=501), 2, '--config.eval_batch_size=501 must be divisible by the 2'),
     (dict(tlb__head='cls'), 1, "--config.tlb.head='cls' is not allowed"),
@@ -217,7 +218,14 @@ def _smoke_with(**overrides):
      '--config.image_size=16'),
     (dict(test_time_augmentation='crops_flip', eval_resize_size=16), 1,
      '--config.test_time_augmentation=crops_flip crops the image resized to '
-     '--config.eval_resize_size, which must exceed --config.image_size (16)'),
+     '--config.eval_resize_size and padded by --config.crop_padding, which must exceed '
+     '--config.image_size (16)'),
+    (dict(crop_padding=-1), 1, '--config.crop_padding=-1 must be an integer in [0, '
+     '--config.resize_size=18)'),
+    (dict(crop_padding=18), 1, '--config.crop_padding=18 must be an integer in [0, '
+     '--config.resize_size=18)'),
+    (dict(resize_size=10, crop_padding=2), 1, '--config.resize_size=10 (+ 2 x '
+     '--config.crop_padding=2) must be >= --config.image_size=16'),
 ], ids=lambda value: None if not isinstance(value, dict) else '-'.join(value))
 def test_validate_rejects_invalid_field_with_one_line_message(overrides, num_devices, message):
   """Each invalid field is a one-line ConfigError naming the field (and what it must be)."""
@@ -225,6 +233,13 @@ def test_validate_rejects_invalid_field_with_one_line_message(overrides, num_dev
     config_validation.validate(_smoke_with(**overrides), num_devices)
   assert message in str(error.value)
   assert '\n' not in str(error.value)
+
+
+def test_validate_accepts_crops_flip_of_the_padded_native_image():
+  """With crop_padding, 'crops_flip' needs no larger eval resize: the corners come from the
+  padded canvas."""
+  config_validation.validate(_smoke_with(resize_size=16, crop_padding=2, eval_resize_size=0,
+                                         test_time_augmentation='crops_flip'))
 
 
 def test_validate_requires_the_model_section():

@@ -205,7 +205,7 @@ def test_eval_mode_writes_results_json_for_the_latest_checkpoint(workdir, tmp_pa
   assert results['test_examples'] == trained['test_examples'] == trained_run.MOCK_EXAMPLES
   assert results['test_top1'] == pytest.approx(trained['test_top1'])
   assert results['test_views'] == trained['test_views'] == trained['eval_views'] == {
-      'resize_size': 18, 'augmentation': 'crops_flip'}
+      'resize_size': 18, 'augmentation': 'crops_flip', 'padding': 0}
   assert results['test_loss'] == pytest.approx(trained['test_loss'], rel=1e-5)
   assert 'train_wall_time_s' not in results  # no results.json of that step to keep them from
 
@@ -236,8 +236,9 @@ def test_eval_mode_with_other_views_records_them_for_the_test_and_keeps_the_vali
   config.test_time_augmentation = 'flip'
   with mock_cifar(trained_run.MOCK_EXAMPLES):
     results = inference.evaluate_checkpoint(copy, config)
-  assert results['test_views'] == {'resize_size': 18, 'augmentation': 'flip'}
-  assert results['eval_views'] == {'resize_size': 18, 'augmentation': 'crops_flip'}
+  assert results['test_views'] == {'resize_size': 18, 'augmentation': 'flip', 'padding': 0}
+  assert results['eval_views'] == {'resize_size': 18, 'augmentation': 'crops_flip',
+                                   'padding': 0}
 
 
 # ------------------------------------------------------------------------------------ CLI

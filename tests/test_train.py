@@ -172,19 +172,19 @@ def test_eval_logits_are_the_mean_of_each_views_logits(tiny):
 
 def test_per_epoch_validation_scores_one_view_and_final_evaluations_the_configured_views():
   config = cifar10.get_config()
-  config.update(eval_resize_size=52, test_time_augmentation='crops_flip')
+  config.update(eval_resize_size=52, test_time_augmentation='crops_flip', crop_padding=2)
   assert train.eval_view_args(config, test_time=False) == {'resize_size': 52,
-                                                            'augmentation': 'none'}
-  assert train.eval_view_args(config, test_time=True) == {'resize_size': 52,
-                                                           'augmentation': 'crops_flip'}
+                                                            'augmentation': 'none', 'padding': 2}
+  assert train.eval_view_args(config, test_time=True) == {
+      'resize_size': 52, 'augmentation': 'crops_flip', 'padding': 2}
 
 
 def test_a_config_from_before_the_eval_fields_evaluates_the_plain_resize():
   """Workdirs trained before the fields existed restore configs that lack them."""
   config = cifar10.get_config()
-  del config['eval_resize_size'], config['test_time_augmentation']
+  del config['eval_resize_size'], config['test_time_augmentation'], config['crop_padding']
   assert train.eval_view_args(config, test_time=True) == {'resize_size': 0,
-                                                           'augmentation': 'none'}
+                                                           'augmentation': 'none', 'padding': 0}
 
 
 # -------------------------------------------------------------------------------- checkpoints

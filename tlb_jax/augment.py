@@ -3,7 +3,9 @@
 Matches the seed: rescale to [0, 1], resize, then for training a random crop and a random
 horizontal flip; for evaluation a resize to the model's input size (or to the training resize,
 then the central crop, with `eval_resize_size`), optionally as several views that test-time
-augmentation averages (`eval_views`). Optionally, training batches are then blended by mixup or
+augmentation averages (`eval_views`). With `padding`, the resized image is first padded by
+reflection and the crops come from that larger canvas (the usual CIFAR "random crop with
+padding": translations without the rescale). Optionally, training batches are then blended by mixup or
 CutMix (`mix_batch`).
 """
 
@@ -23,6 +25,13 @@ def resize(images, size: int):
   return jax.image.resize(images, images.shape[:1] + (size, size) + images.shape[3:], 'bilinear')
 
 
+def reflect_pad(images, padding: int):
+  """(B, H, W, C) -> (B, H + 2 padding, W + 2 padding, C), borders mirrored (no edge repeat)."""
+  if not padding:
+    return images
+  return jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)), 'reflect')
+
+
 def random_crop(rng, images, size: int):
   """Independent random (size, size) crop of each image in (B, H, W, C)."""
   batch, height, width, channels = images.shape
@@ -39,10 +48,12 @@ def random_flip(rng, images):
   return jnp.where(flip[:, None, None, None], images[:, :, ::-1], images)
 
 
-def train_preprocess(rng, images, *, resize_size: int, image_size: int, flip: bool = True):
-  """uint8 (B, h, w, 3) -> augmented float32 (B, image_size, image_size, 3) in [0, 1]."""
+def train_preprocess(rng, images, *, resize_size: int, image_size: int, flip: bool = True,
+                     padding: int = 0):
+  """uint8 (B, h, w, 3) -> augmented float32 (B, image_size, image_size, 3) in [0, 1]: a random
+  image_size crop of the image resized to resize_size and reflect-padded by `padding`."""
   crop_rng, flip_rng = jax.random.split(rng)
-  images = resize(to_unit_float(images), resize_size)
+  images = reflect_pad(resize(to_unit_float(images), resize_size), padding)
   images = random_crop(crop_rng, images, image_size)
   return random_flip(flip_rng, images) if flip else images
 
@@ -50,19 +61,22 @@ def train_preprocess(rng, images, *, resize_size: int, image_size: int, flip: bo
 TEST_TIME_AUGMENTATIONS = ('none', 'flip', 'crops_flip')
 
 
-def eval_views(images, *, image_size: int, resize_size: int = 0, augmentation: str = 'none'):
+def eval_views(images, *, image_size: int, resize_size: int = 0, augmentation: str = 'none',
+               padding: int = 0):
   """uint8 (B, h, w, 3) -> float32 (V, B, image_size, image_size, 3) in [0, 1].
 
-  Each image is resized to `resize_size` (0: `image_size`) and cropped to `image_size`:
-  'none' gives the central crop (V = 1); 'flip' adds its mirror image (V = 2); 'crops_flip'
-  takes the central and the four corner crops and their mirror images (V = 10). View 0 is always
-  the central crop.
+  Each image is resized to `resize_size` (0: `image_size`), reflect-padded by `padding` (the
+  canvas training crops from) and cropped to `image_size`: 'none' gives the central crop
+  (V = 1); 'flip' adds its mirror image (V = 2); 'crops_flip' takes the central and the four
+  corner crops and their mirror images (V = 10). View 0 is always the central crop, which
+  padding does not change.
   """
   resize_size = resize_size or image_size
-  resized = resize(to_unit_float(images), resize_size)
-  centre, far = (resize_size - image_size) // 2, resize_size - image_size
+  canvas = reflect_pad(resize(to_unit_float(images), resize_size), padding)
+  canvas_size = resize_size + 2 * padding
+  centre, far = (canvas_size - image_size) // 2, canvas_size - image_size
   corners = ((0, 0), (0, far), (far, 0), (far, far)) if augmentation == 'crops_flip' else ()
-  views = [resized[:, row:row + image_size, col:col + image_size]
+  views = [canvas[:, row:row + image_size, col:col + image_size]
            for row, col in ((centre, centre),) + corners]
   if augmentation != 'none':
     views += [view[:, :, ::-1] for view in views]

@@ -73,12 +73,19 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   if eval_resize_size and eval_resize_size < config.image_size:
     raise ConfigError(f'--config.eval_resize_size={eval_resize_size} must be 0 or >= '
                       f'--config.image_size={config.image_size} (the central crop)')
-  if augmentation == 'crops_flip' and eval_resize_size <= config.image_size:
+  crop_padding = config.get('crop_padding', 0)
+  if not (isinstance(crop_padding, int) and 0 <= crop_padding < config.resize_size):
+    raise ConfigError(f'--config.crop_padding={crop_padding!r} must be an integer in [0, '
+                      f'--config.resize_size={config.resize_size}) (reflect padding; 0: none)')
+  if (augmentation == 'crops_flip'
+      and (eval_resize_size or config.image_size) + 2 * crop_padding <= config.image_size):
     raise ConfigError('--config.test_time_augmentation=crops_flip crops the image resized to '
-                      '--config.eval_resize_size, which must exceed --config.image_size '
-                      f'({config.image_size}); set it, e.g. to --config.resize_size')
-  if config.resize_size < config.image_size:
-    raise ConfigError(f'--config.resize_size={config.resize_size} must be >= '
+                      '--config.eval_resize_size and padded by --config.crop_padding, which '
+                      f'must exceed --config.image_size ({config.image_size}); set either, e.g. '
+                      'eval_resize_size to --config.resize_size')
+  if config.resize_size + 2 * crop_padding < config.image_size:
+    raise ConfigError(f'--config.resize_size={config.resize_size} (+ 2 x '
+                      f'--config.crop_padding={crop_padding}) must be >= '
                       f'--config.image_size={config.image_size} (the random crop)')
   for field in ('batch_size', 'eval_batch_size'):
     if config[field] % num_devices:

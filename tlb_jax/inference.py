@@ -150,7 +150,7 @@ def restore(workdir: str, config: ml_collections.ConfigDict | None = None) -> Ru
 
 
 def predict_step(params, images, *, apply_fn, image_size: int, with_attention: bool,
-                 resize_size: int = 0, augmentation: str = 'none'):
+                 resize_size: int = 0, augmentation: str = 'none', padding: int = 0):
   """Class probabilities of uint8 images, preprocessed and scored as `train.eval_step` does
   (the mean logits of the `augment.eval_views` of `augmentation`).
 
@@ -160,7 +160,7 @@ def predict_step(params, images, *, apply_fn, image_size: int, with_attention: b
      slow-stream attention over each chunk's tokens, of the central view}.
   """
   views = augment.eval_views(images, image_size=image_size, resize_size=resize_size,
-                             augmentation=augmentation)
+                             augmentation=augmentation, padding=padding)
   outputs = {'images': views[0]}
   if with_attention:
     _, intermediates = apply_fn({'params': params}, views[0], train=False,
@@ -171,13 +171,13 @@ def predict_step(params, images, *, apply_fn, image_size: int, with_attention: b
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'image_size', 'with_attention',
-                                             'resize_size', 'augmentation'))
+                                             'resize_size', 'augmentation', 'padding'))
 def _jitted_predict_step(params, images, *, model, image_size: int, with_attention: bool,
-                         resize_size: int, augmentation: str):
+                         resize_size: int, augmentation: str, padding: int):
   # The model is a static argument: equal models (same class and fields) share compilations.
   return predict_step(params, images, apply_fn=model.apply, image_size=image_size,
                       with_attention=with_attention, resize_size=resize_size,
-                      augmentation=augmentation)
+                      augmentation=augmentation, padding=padding)
 
 
 def make_predict_fn(model, config: ml_collections.ConfigDict, with_attention: bool):

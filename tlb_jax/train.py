@@ -108,7 +108,7 @@ def top5_correct(logits, labels):
 
 
 def train_step(state: TrainState, batch, *, learning_rate_fn, resize_size: int,
-               image_size: int, random_flip: bool, label_smoothing: float,
+               image_size: int, random_flip: bool, label_smoothing: float, crop_padding: int = 0,
                mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
                skip_nonfinite_steps: bool = False):
   """One AdamW step on a per-device batch; gradients and metrics are averaged over 'batch'.
@@ -132,7 +132,8 @@ def train_step(state: TrainState, batch, *, learning_rate_fn, resize_size: int,
                            jax.lax.axis_index('batch'))
   augment_rng, dropout_rng = jax.random.split(rng)
   images = augment.train_preprocess(augment_rng, batch['image'], resize_size=resize_size,
-                                    image_size=image_size, flip=random_flip)
+                                    image_size=image_size, flip=random_flip,
+                                    padding=crop_padding)
   labels = batch['label']
   mixing = mixup_alpha > 0 or cutmix_alpha > 0
   if mixing:
@@ -173,10 +174,11 @@ def eval_logits(apply_fn, params, views):
 
 
 def eval_step(params, batch, *, apply_fn, image_size: int, resize_size: int = 0,
-              augmentation: str = 'none'):
-  """Metrics of a padded per-device batch; padding (mask False) does not count."""
+              augmentation: str = 'none', padding: int = 0):
+  """Metrics of a padded per-device batch; padding (mask False) does not count. `padding` is
+  the views' reflect padding (`augment.eval_views`), not the batch's."""
   views = augment.eval_views(batch['image'], image_size=image_size, resize_size=resize_size,
-                             augmentation=augmentation)
+                             augmentation=augmentation, padding=padding)
   logits = eval_logits(apply_fn, params, views)
   return EvalMetrics.gather_from_model_output(
       loss=cross_entropy_loss(logits, batch['label']), logits=logits, labels=batch['label'],
@@ -217,7 +219,8 @@ def make_train_step(config: ml_collections.ConfigDict, learning_rate_fn: optax.S
   return functools.partial(
       train_step, learning_rate_fn=learning_rate_fn, resize_size=config.resize_size,
       image_size=config.image_size, random_flip=config.random_flip,
-      label_smoothing=config.label_smoothing, mixup_alpha=config.mixup_alpha,
+      label_smoothing=config.label_smoothing, crop_padding=config.crop_padding,
+      mixup_alpha=config.mixup_alpha,
       cutmix_alpha=config.cutmix_alpha, skip_nonfinite_steps=config.skip_nonfinite_steps)
 
 
@@ -233,7 +236,8 @@ def eval_view_args(config: ml_collections.ConfigDict, test_time: bool) -> dict[s
   """`augment.eval_views` keyword arguments of `config`. Workdirs trained before the eval
   fields existed have none of them in config.json: they evaluate as they did then."""
   return {'resize_size': config.get('eval_resize_size', 0),
-          'augmentation': config.get('test_time_augmentation', 'none') if test_time else 'none'}
+          'augmentation': config.get('test_time_augmentation', 'none') if test_time else 'none',
+          'padding': config.get('crop_padding', 0)}
 
 
 def evaluate(p_eval_step, params, split: input_pipeline.Split,
