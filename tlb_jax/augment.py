@@ -5,8 +5,8 @@ horizontal flip; for evaluation a resize to the model's input size (or to the tr
 then the central crop, with `eval_resize_size`), optionally as several views that test-time
 augmentation averages (`eval_views`). With `padding`, the resized image is first padded by
 reflection and the crops come from that larger canvas (the usual CIFAR "random crop with
-padding": translations without the rescale). Optionally, training batches are then blended by mixup or
-CutMix (`mix_batch`).
+padding": translations without the rescale). Optionally, training batches are then blended by
+mixup or CutMix (`mix_batch`).
 """
 
 import jax
