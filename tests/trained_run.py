@@ -21,8 +21,8 @@ def config():
   config.update(download=True, batch_size=16, eval_batch_size=32, num_epochs=2,
                 log_every_steps=2, checkpoint_every_steps=4,
                 num_attention_images=NUM_ATTENTION_IMAGES,
-                # configs/cifar10_2h.py's evaluation: central crop of the training resize, and
-                # the final evaluations average ten views.
+                # Evaluation on the central crop of the training resize; the final evaluations
+                # average ten views.
                 eval_resize_size=18, test_time_augmentation='crops_flip')
   return config
 
