@@ -13,7 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import jax_utils
 
-from configs import cifar10, smoke
+from configs import cifar10, cifar10_2h, smoke
 from tfds_mock import mock_cifar
 from tlb_jax import augment, checkpointing, input_pipeline, plots, train
 from tlb_jax.models.tlb import TLB
@@ -177,6 +177,13 @@ def test_per_epoch_validation_scores_one_view_and_final_evaluations_the_configur
                                                             'augmentation': 'none', 'padding': 2}
   assert train.eval_view_args(config, test_time=True) == {
       'resize_size': 52, 'augmentation': 'crops_flip', 'padding': 2}
+
+
+def test_the_train_step_crops_the_padded_canvas_the_config_names():
+  """cifar10_2h trains on crops of the native image reflect-padded by 4, at no resize."""
+  config = cifar10_2h.get_config()
+  step = train.make_train_step(config, optax.constant_schedule(1e-3))
+  assert (step.keywords['crop_padding'], step.keywords['resize_size']) == (4, 32)
 
 
 def test_a_config_from_before_the_eval_fields_evaluates_the_plain_resize():
