@@ -143,6 +143,19 @@ def test_predict_with_crops_flip_gives_an_image_and_its_mirror_image_the_same_pr
   np.testing.assert_allclose(original, mirrored, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize('augmentation', ['none', 'crops_flip'])
+def test_predict_with_attention_gives_the_probabilities_of_predict_without(workdir,
+                                                                          augmentation):
+  """Scoring the central view with its attention leaves the mean over the views unchanged."""
+  run = inference.restore(workdir)
+  run.config.test_time_augmentation = augmentation
+  pixels = np.random.default_rng(3).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+  with_maps, without = (
+      inference.predict(inference.make_predict_fn(run.model, run.config, with_attention=flag),
+                        run.params, pixels)['probabilities'] for flag in (True, False))
+  np.testing.assert_allclose(with_maps, without, rtol=1e-5, atol=1e-6)
+
+
 def test_predict_writes_an_attention_overlay_per_image(workdir, files, tmp_path):
   overlays = tmp_path / 'overlays'
   failures, out, _ = predict(workdir, [files['rgb.png'], files['gray.png']],

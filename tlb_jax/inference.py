@@ -163,10 +163,19 @@ def predict_step(params, images, *, apply_fn, image_size: int, with_attention: b
                              augmentation=augmentation, padding=padding)
   outputs = {'images': views[0]}
   if with_attention:
-    _, intermediates = apply_fn({'params': params}, views[0], train=False,
-                                return_intermediates=True)
+    # The pass that gives the central view's attention also gives its logits: only the other
+    # views need scoring, and the mean weighs every view alike.
+    central_logits, intermediates = apply_fn({'params': params}, views[0], train=False,
+                                             return_intermediates=True)
     outputs['attention'] = intermediates['attention'].astype(jnp.float32)
-  outputs['probabilities'] = jax.nn.softmax(train.eval_logits(apply_fn, params, views), axis=-1)
+    num_views = views.shape[0]
+    logits = central_logits.astype(jnp.float32)
+    if num_views > 1:
+      logits = (logits + (num_views - 1) * train.eval_logits(apply_fn, params, views[1:])
+                ) / num_views
+  else:
+    logits = train.eval_logits(apply_fn, params, views)
+  outputs['probabilities'] = jax.nn.softmax(logits, axis=-1)
   return outputs
 
 
