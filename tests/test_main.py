@@ -226,6 +226,8 @@ def _smoke_with(**overrides):
      '--config.resize_size=18)'),
     (dict(resize_size=10, crop_padding=2), 1, '--config.resize_size=10 (+ 2 x '
      '--config.crop_padding=2) must be >= --config.image_size=16'),
+    (dict(eval_split='', test_split=''), 1, '--config.eval_split and --config.test_split are '
+     'both empty, so nothing would score the model; set --config.test_split=test'),
 ], ids=lambda value: None if not isinstance(value, dict) else '-'.join(value))
 def test_validate_rejects_invalid_field_with_one_line_message(overrides, num_devices, message):
   """Each invalid field is a one-line ConfigError naming the field (and what it must be)."""

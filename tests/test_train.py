@@ -327,6 +327,20 @@ def test_run_without_a_test_split_reports_final_validation_and_no_test(tmp_path)
   assert results['eval_top5'] == pytest.approx(scalars['eval_top5_accuracy'][RESUME_STEPS])
 
 
+def test_run_without_a_validation_split_trains_on_its_data_and_reports_only_the_test(tmp_path):
+  """With eval_split '' (a chosen recipe trained on all its data) no validation pass runs:
+  results.json and the events hold no validation figures, and the test is scored."""
+  config = _resume_config()
+  config.eval_split = ''
+  with mock_cifar(MOCK_EXAMPLES):
+    results = train.train_and_evaluate(config, str(tmp_path))
+  assert [k for k in results if k.startswith('eval_')] == ['eval_split']
+  assert results['test_examples'] == MOCK_EXAMPLES
+  scalars = plots.read_scalars(str(tmp_path))
+  assert not any(tag.startswith('eval_') for tag in scalars)
+  assert results['test_top1'] == pytest.approx(scalars['test_accuracy'][RESUME_STEPS])
+
+
 # -------------------------------------------------------------------------- optimizer pieces
 
 

@@ -58,6 +58,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   _choice('weight_decay_on', config.weight_decay_on, WEIGHT_DECAY_ON)
   for field in POSITIVE_INTS:
     _positive(field, config[field])
+  if not config.eval_split and not config.test_split:
+    raise ConfigError('--config.eval_split and --config.test_split are both empty, so nothing '
+                      'would score the model; set --config.test_split=test')
   if not 0 < config.learning_rate < math.inf:
     raise ConfigError(f'--config.learning_rate={config.learning_rate} must be positive and finite')
   if config.weight_decay < 0 or config.grad_clip_norm < 0:

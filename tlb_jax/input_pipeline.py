@@ -37,7 +37,7 @@ class Split:
 @dataclasses.dataclass(frozen=True)
 class Dataset:
   train: Split
-  eval: Split
+  eval: Split | None  # None when config.eval_split is '' (a final run on all training data)
   test: Split | None  # None when config.test_split is ''
   num_classes: int
   class_names: tuple[str, ...]
@@ -45,7 +45,7 @@ class Dataset:
   @property
   def pictured(self) -> Split:
     """The split whose images the attention pictures show (see `picture_split`)."""
-    return self.eval if self.test is None else self.test
+    return self.test if self.test is not None else self.eval
 
 
 def _prepare_hint(config) -> str:
@@ -95,8 +95,8 @@ def picture_split(config: ml_collections.ConfigDict) -> str:
 
 
 def load(config: ml_collections.ConfigDict) -> Dataset:
-  """Loads train, eval (validation) and test splits named in the config (no test split when
-  `config.test_split` is empty)."""
+  """Loads train, eval (validation) and test splits named in the config (no validation or test
+  split when `config.eval_split` or `config.test_split` is empty)."""
   builder = get_builder(config)
   label = builder.info.features['label']
   class_names = tuple(label.names)
@@ -104,7 +104,7 @@ def load(config: ml_collections.ConfigDict) -> Dataset:
     class_names = CIFAR10_CLASS_NAMES
   return Dataset(
       train=load_split(builder, config.train_split),
-      eval=load_split(builder, config.eval_split),
+      eval=load_split(builder, config.eval_split) if config.eval_split else None,
       test=load_split(builder, config.test_split) if config.test_split else None,
       num_classes=label.num_classes,
       class_names=class_names,

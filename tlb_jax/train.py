@@ -277,7 +277,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """Trains `config` in `workdir` (resuming from its latest checkpoint) and tests it.
 
   With `fresh`, an earlier run's checkpoints and results are moved aside first. The final
-  validation figures always go to results.json; the test split's only when
+  validation figures go to results.json when `config.eval_split` is not empty (an empty one
+  trains a chosen recipe on all its data, with no validation); the test split's when
   `config.test_split` is not empty.
 
   Returns:
@@ -370,7 +371,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           scalars['epoch'] = step / steps_per_epoch
           writer.write_scalars(step, {f'train_{k}': v for k, v in scalars.items()})
           train_metrics = None
-        if (eval_every_steps > 0 and step % eval_every_steps == 0) or last:
+        if data.eval is not None and (
+            (eval_every_steps > 0 and step % eval_every_steps == 0) or last):
           eval_start = time.time()
           with report_progress.timed('eval'):
             result = evaluate(p_eval_step, state.params, data.eval, config.eval_batch_size)
@@ -396,8 +398,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     with open(results_path) as f:
       return json.load(f)
 
-  if final_eval is None or tta:  # no final validation yet, or not with the test-time views
-    final_eval = evaluate(p_final_eval_step, state.params, data.eval, config.eval_batch_size)
   results = {
       'model': config.model,
       'dataset': config.dataset,
@@ -405,16 +405,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       'epochs': total_steps / steps_per_epoch,
       'num_params': int(num_params),
       'eval_split': config.eval_split,
-      'eval_top1': final_eval['accuracy'],
-      'eval_top5': final_eval['top5_accuracy'],
-      'eval_loss': final_eval['loss'],
-      'eval_views': final_views,
       'test_split': config.test_split,
       'resumed_from_step': start_step,
       'train_wall_time_s': train_seconds,
       'train_images_per_s': ((total_steps - start_step) * config.batch_size / train_seconds
                              if start_step < total_steps else None),
   }
+  if data.eval is not None:
+    if final_eval is None or tta:  # no final validation yet, or not with the test-time views
+      final_eval = evaluate(p_final_eval_step, state.params, data.eval, config.eval_batch_size)
+    results.update(eval_top1=final_eval['accuracy'], eval_top5=final_eval['top5_accuracy'],
+                   eval_loss=final_eval['loss'], eval_views=final_views)
   if data.test is not None:
     test_start = time.time()
     test = evaluate(p_final_eval_step, state.params, data.test, config.eval_batch_size)
