@@ -37,7 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data dir
   config.download = False        # True: let TFDS download and prepare (needs a network)
   config.train_split = 'train[:40000]'
-  config.eval_split = 'train[40000:]'  # validation: model selection only
+  config.eval_split = 'train[40000:]'  # validation: model selection only ('': none, final runs)
   config.test_split = 'test'           # evaluated once, at the end ('': none, for probes)
   config.resize_size = 52        # images are resized to this, then randomly cropped...
   config.image_size = 48         # ...to this for training; eval resizes straight to it

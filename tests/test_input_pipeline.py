@@ -74,6 +74,16 @@ def test_load_reports_num_classes_and_one_name_per_class(mocked):
     assert data.class_names == input_pipeline.CIFAR10_CLASS_NAMES
 
 
+@pytest.mark.parametrize('empty', ['eval_split', 'test_split'])
+def test_load_skips_an_empty_split_and_pictures_the_other(empty):
+  """An empty eval_split or test_split loads as None; the attention pictures use the split
+  that is left."""
+  with mock_cifar(MOCK_EXAMPLES):
+    data = input_pipeline.load(_config(download=True, **{empty: ''}))
+  assert getattr(data, empty.removesuffix('_split')) is None
+  assert data.pictured is (data.eval if empty == 'test_split' else data.test)
+  assert data.pictured is not None
+
 @needs_real_data
 def test_load_real_cifar10_splits_of_smoke_config():
   """The smoke config's slices of the real CIFAR-10 have the expected sizes and classes."""
