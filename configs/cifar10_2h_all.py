@@ -6,6 +6,8 @@ images. Its final run trains on the whole training split and keeps no validation
 56 epochs of 50,000 images are 21,840 steps of 128, the same updates (and time) as the 70
 epochs of 40,000 in `cifar10_2h.py`, so the run differs only in seeing 25% more distinct
 images. The learning rate warms up over 2 epochs and decays by cosine, as there.
+Test top-1 of the run (seed 42): 84.97% (83.84% on 40,000 images); the whole command took
+103.3 minutes on a 2-core CPU (docs/results.md).
 """
 
 from configs import cifar10_2h
