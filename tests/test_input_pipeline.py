@@ -84,6 +84,7 @@ def test_load_skips_an_empty_split_and_pictures_the_other(empty):
   assert data.pictured is (data.eval if empty == 'test_split' else data.test)
   assert data.pictured is not None
 
+
 @needs_real_data
 def test_load_real_cifar10_splits_of_smoke_config():
   """The smoke config's slices of the real CIFAR-10 have the expected sizes and classes."""

@@ -43,8 +43,7 @@ def test_curves_png_is_valid_and_of_curves_size(tmp_path):
 
 def test_curves_label_the_test_line_in_percent_to_two_decimals():
   """The test line's label does not round a result across a threshold (0.8497 is not 0.850)."""
-  assert plots.test_line_label(0.8497) == 'test 84.97%'
-
+  assert plots.format_test_accuracy(0.8497) == 'test 84.97%'
 
 
 @pytest.mark.parametrize('num_images, size', [(1, (320, 200)), (4, (1280, 200)),

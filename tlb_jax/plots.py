@@ -126,7 +126,7 @@ def save_png(image: np.ndarray, path: str) -> None:
   os.replace(tmp, path)
 
 
-def test_line_label(test_accuracy: float) -> str:
+def format_test_accuracy(test_accuracy: float) -> str:
   """The curves' test line label: a percentage to two decimals, as results are reported, so
   0.8497 reads 84.97% and not a rounded 0.850."""
   return f'test {test_accuracy:.2%}'
@@ -151,7 +151,7 @@ def plot_curves(curves: dict[str, np.ndarray], title: str = '',
     axes.set_xlim(left=0)
   if test_accuracy is not None:
     accuracy_axes.axhline(test_accuracy, color='tab:green', linestyle='--', linewidth=1,
-                          label=test_line_label(test_accuracy))
+                          label=format_test_accuracy(test_accuracy))
   for axes in (loss_axes, accuracy_axes):
     if axes.get_legend_handles_labels()[0]:
       axes.legend(loc='best')
