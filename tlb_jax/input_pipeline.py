@@ -45,7 +45,7 @@ class Dataset:
   @property
   def pictured(self) -> Split:
     """The split whose images the attention pictures show (see `picture_split`)."""
-    return self.test if self.test is not None else self.eval
+    return self.eval if self.test is None else self.test
 
 
 def _prepare_hint(config) -> str:
