@@ -8,8 +8,8 @@ epochs of 40,000 in `cifar10_2h.py`, so the run differs only in seeing 25% more 
 images. The learning rate warms up over 2 epochs and decays by cosine, as there.
 Test top-1 of the run (seed 42): 84.97% (83.84% on 40,000 images); the whole command took
 103.3 minutes on a 2-core CPU (docs/results.md). With `--config.num_epochs=62` it scored
-85.42%, but that command took 128.8 minutes on a day the machine ran 11% slower than usual,
-so the file keeps the 56 epochs measured within two hours.
+85.42%, but that command took 128.8 minutes on a day the machine ran 11% slower than for the
+56-epoch run, so the file keeps the 56 epochs measured within two hours.
 """
 
 from configs import cifar10_2h
