@@ -45,7 +45,7 @@ class Dataset:
   @property
   def pictured(self) -> Split:
     """The split whose images the attention pictures show (see `picture_split`)."""
-    return self.eval if self.test is None else self.test
+    return self.test if self.test is not None else self.eval
 
 
 def _prepare_hint(config) -> str:
