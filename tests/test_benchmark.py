@@ -70,6 +70,11 @@ def test_benchmark_without_flops_times_both_steps_and_prints_dashes_for_the_flop
   assert benchmark.format_table(result).splitlines()[-1].endswith('| - | - | - | - |')
 
 
+def test_peak_matmul_is_big_enough_to_hide_launch_overhead_on_accelerators_only():
+  assert benchmark.peak_matmul_size('cpu') == 2048
+  assert benchmark.peak_matmul_size('gpu') == benchmark.peak_matmul_size('tpu') == 8192
+
+
 def test_self_time_subtracts_the_spans_nested_directly_inside():
   """A loop span of 10 holding body spans of 3 and 4 has self time 3; a span nested two levels
   down counts against its direct parent only."""

@@ -64,9 +64,18 @@ def median_seconds(fn, repeats: int, warmup: int) -> float:
   return float(np.median(times))
 
 
-def matmul_peak(dtype, size: int = 2048, repeats: int = 10) -> float:
-  """Measured GFLOP/s of a (size x size) @ (size x size) matmul in `dtype`."""
-  a = jnp.ones((size, size), dtype)
+def peak_matmul_size(backend: str) -> int:
+  """Side of the square matmul that measures the peak. An accelerator does a 2048-matmul in
+  ~20 us, so launch overhead would hide most of its peak (an H100 measured ~110 of ~800 bf16
+  TFLOP/s at 2048); at 8192 a CPU would take seconds per product."""
+  return 2048 if backend == 'cpu' else 8192
+
+
+def matmul_peak(dtype, size: int | None = None, repeats: int = 10) -> float:
+  """Measured GFLOP/s of a (size x size) @ (size x size) matmul in `dtype` (random operands:
+  some accelerators run constant ones faster); `size` defaults to `peak_matmul_size`."""
+  size = size or peak_matmul_size(jax.default_backend())
+  a = jax.random.normal(jax.random.key(0), (size, size), dtype)
   matmul = jax.jit(lambda x: x @ x)
   seconds = median_seconds(lambda: matmul(a).block_until_ready(), repeats, warmup=2)
   return 2 * size**3 / seconds / 1e9
