@@ -66,8 +66,8 @@ def median_seconds(fn, repeats: int, warmup: int) -> float:
 
 def peak_matmul_size(backend: str) -> int:
   """Side of the square matmul that measures the peak. An accelerator does a 2048-matmul in
-  ~20 us, so launch overhead would hide most of its peak (an H100 measured ~110 of ~800 bf16
-  TFLOP/s at 2048); at 8192 a CPU would take seconds per product."""
+  ~20 us, so launch overhead would hide most of its peak (an H100 measured 110 bf16 TFLOP/s
+  at 2048 and 638 at 8192); at 8192 a CPU would take seconds per product."""
   return 2048 if backend == 'cpu' else 8192
 
 
