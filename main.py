@@ -5,12 +5,15 @@
   python main.py --mode=predict --workdir=/tmp/run --images=a.png,b.jpg,folder/ \
       [--attention_dir=/tmp/overlays]
   python main.py --mode=plots --workdir=/tmp/run
+  python main.py --mode=export --workdir=/tmp/run --output=pretrained/cifar10
 
 Running the same training command again resumes from the latest checkpoint in the workdir.
 eval, predict and plots read the run's config from workdir/config.json; pass --config (plus
 overrides such as --config.data_dir=...) to replace it, with the same model.
 """
 
+import difflib
+import importlib.util
 import logging as std_logging
 import os
 import sys
@@ -20,14 +23,16 @@ import tensorflow as tf
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tlb_jax import allocator, checkpointing, config_validation, inference, input_pipeline, train
+from tlb_jax import (allocator, checkpointing, config_validation, inference, input_pipeline,
+                     run_files, train)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard events and results.')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'plots'],
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'plots', 'export'],
                   'train: train (or resume), test, draw workdir/plots/. eval: test the latest '
                   'checkpoint, write results.json. predict: top-5 classes of --images. plots: '
-                  'redraw workdir/plots/ for an existing run.')
+                  'redraw workdir/plots/ for an existing run. export: copy the trained '
+                  'parameters (no optimizer state) to --output.')
 flags.DEFINE_list('images', None, 'predict: image files and/or folders of images.')
 flags.DEFINE_string('attention_dir', None,
                     'predict: also write each image\'s TLB attention overlay into this directory.')
@@ -35,14 +40,25 @@ flags.DEFINE_bool('fresh', False,
                   'train: move the workdir\'s earlier checkpoints and results aside and start '
                   'over, instead of resuming (needed when the model\'s shape changed).')
 flags.DEFINE_bool('distributed', False,
-                  'Call jax.distributed.initialize() first (multi-host training).')
+                  'Call jax.distributed.initialize() first (multi-process training). With no '
+                  'other launch flag, JAX detects the cluster (SLURM, Cloud TPU, ...).')
+flags.DEFINE_string('coordinator_address', None,
+                    'Multi-process: host:port of process 0 (implies --distributed).')
+flags.DEFINE_integer('num_processes', None, 'Multi-process: how many processes take part.')
+flags.DEFINE_integer('process_id', None, 'Multi-process: this process\'s index, 0-based.')
+flags.DEFINE_integer('heartbeat_timeout_s', 100,
+                     'Multi-process: a process that sends no heartbeat for this many seconds '
+                     'counts as dead, and the others stop (JAX\'s default: 100).')
+flags.DEFINE_string('output', None,
+                    'export: directory to write the parameters, config.json and labels.json '
+                    'of the workdir\'s latest checkpoint into (a workdir for eval and predict).')
 config_flags.DEFINE_config_file(
     'config', None, 'Path to a config file in configs/ (train; optional for the other modes, '
     'which default to workdir/config.json).', lock_config=True)
 flags.mark_flags_as_required(['workdir'])
 
 USER_ERRORS = (config_validation.ConfigError, input_pipeline.DataError,
-               inference.InferenceError, checkpointing.CheckpointError)
+               inference.InferenceError, checkpointing.CheckpointError, run_files.WorkdirError)
 
 
 def _quiet_orbax(record) -> bool:
@@ -50,14 +66,66 @@ def _quiet_orbax(record) -> bool:
   return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
 
 
+def _usage_error(message: str):
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def _config_file(argv: list[str]) -> str | None:
+  """The path given to --config, without the optional ':arguments' suffix."""
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      return arg.split('=', 1)[1].split(':', 1)[0]
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1].split(':', 1)[0]
+  return None
+
+
+def _check_config_overrides(argv: list[str], path: str) -> None:
+  """Exits with one error line if the config file does not load or an override names a field
+  it lacks (naming the closest field)."""
+  try:
+    spec = importlib.util.spec_from_file_location('user_config', path)
+    if spec is None or not os.path.isfile(path):
+      raise FileNotFoundError(f'no such file: {path}')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+  except BaseException as e:  # pylint: disable=broad-except  (any failure of the user's file)
+    cause = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
+    _usage_error(f'--config={path} cannot be loaded ({cause}); pass a file such as '
+                 'configs/cifar10.py')
+  known = config_validation.flatten(config)
+  sections = {name.rsplit('.', 1)[0] for name in known if '.' in name}
+  for arg in argv:
+    if not arg.startswith('--config.'):
+      continue
+    field = arg[len('--config.'):].split('=', 1)[0]
+    if field not in known and field not in sections:
+      close = difflib.get_close_matches(field, list(known), n=1)
+      hint = f'; did you mean --config.{close[0]}?' if close else ''
+      _usage_error(f'--config.{field}: {path} has no such field{hint}')
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with every bad command line reported as one `error:` line, exit 2."""
+  path = _config_file(argv)
+  if path is not None:
+    _check_config_overrides(argv, path)
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    _usage_error(str(e).splitlines()[0])
+
+
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+    _usage_error(f'unexpected arguments: {" ".join(argv[1:])}')
   logging.get_absl_handler().addFilter(_quiet_orbax)
   # TF is only used to read TFDS files; keep it off the accelerators JAX uses.
   tf.config.experimental.set_visible_devices([], 'GPU')
-  if FLAGS.distributed:
-    jax.distributed.initialize()
+  if FLAGS.distributed or FLAGS.coordinator_address:
+    _initialize_distributed()
   logging.info('JAX process %d/%d, local devices: %s', jax.process_index(), jax.process_count(),
                jax.local_devices())
   if jax.default_backend() == 'cpu' and allocator.preloaded_allocator() == 'system':
@@ -73,14 +141,52 @@ def main(argv):
   except train.Interrupted as e:
     print(str(e), file=sys.stderr)
     sys.exit(128 + e.signum)
+  except Exception as e:  # pylint: disable=broad-except
+    if jax.process_count() == 1:
+      raise
+    _stop_multi_process_run(e)
   if failures:
     sys.exit(1)
+
+
+def _initialize_distributed() -> None:
+  """Joins the multi-process run of the launch flags (or the cluster JAX detects)."""
+  platform = (jax.config.jax_platforms or '').split(',')[0]
+  if platform in ('', 'cpu'):
+    # pmap's collectives between processes on CPU (one machine, or a CPU cluster) run over
+    # gloo, which jaxlib ships; GPUs and TPUs use their own. This only sets up the CPU backend.
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                             num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
+                             heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_s)
+
+
+def _stop_multi_process_run(e: Exception) -> None:
+  """Reports an unexpected error of one process of a multi-process run as one `error:` line and
+  exits at once (exit 4).
+
+  Most often another process died: this one's next collective then fails ("connection reset
+  by peer"). Exiting without JAX's orderly shutdown, which waits for every process and would
+  end in an abort, makes the others fail their next collective too, so the whole run stops.
+  """
+  logging.exception('Stopping this process of the run')
+  first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+  print(f'error: process {jax.process_index()} of {jax.process_count()} stopped: '
+        f'{type(e).__name__}: {first_line}. If another process died, see its log; run the '
+        'same commands again to resume from the last checkpoint', file=sys.stderr)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  std_logging.shutdown()
+  os._exit(4)  # pylint: disable=protected-access
 
 
 def _run(mode: str) -> int:
   """Runs `mode`; returns the number of inputs that failed (predict)."""
   if mode != 'predict' and (FLAGS.images or FLAGS.attention_dir):
     raise config_validation.ConfigError('--images and --attention_dir are for --mode=predict')
+  if (mode == 'export') != (FLAGS.output is not None):
+    raise config_validation.ConfigError('--mode=export needs --output=DIR, and --output is '
+                                        'only for --mode=export')
   if mode == 'train':
     if FLAGS.config is None:
       raise config_validation.ConfigError('--mode=train needs --config=configs/<name>.py')
@@ -98,8 +204,10 @@ def _run(mode: str) -> int:
   elif mode == 'plots':
     for path in inference.write_plots(FLAGS.workdir, FLAGS.config):
       print(path)
+  elif mode == 'export':
+    print(inference.export(FLAGS.workdir, FLAGS.output, FLAGS.config))
   return 0
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -7,4 +7,7 @@ from configs import default
 
 
 def get_config():
-  return default.get_config()
+  config = default.get_config()
+  config.tlb.variant = 'keras_seed'  # the seed's blocks, initializers and parameter count
+  config.adam_eps = 1e-7             # Keras AdamW's epsilon
+  return config

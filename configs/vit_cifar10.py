@@ -1,29 +1,21 @@
-"""A ViT baseline for the TLB, trained with the configs/cifar10.py recipe.
+"""A ViT baseline with the `configs/cifar10_48px.py` recipe: the TLB's patch embedding, block type,
+width, heads and dropout, and 7 self-attention blocks over all 144 tokens, so that it has about
+the TLB's parameter count (4 self-attention + 2 cross-attention + 1 slow-update blocks)."""
 
-Same patch embedding (4x4 patches of 48x48 images, 144 tokens), block type, width (64), heads,
-MLP ratio and dropout as that config's TLB, but 7 self-attention blocks over all 144 tokens:
-the TLB has 4 self-attention + 2 fast->slow cross-attention + 1 slow-update blocks, so the two
-models have about the same parameter count (see the README's model table).
-"""
-
-import ml_collections
-
-from configs import cifar10
+from configs import default
 
 
 def get_config():
-  config = cifar10.get_config()
-  tlb = config.tlb
+  config = default.get_config()
   config.model = 'vit'
-  config.vit = ml_collections.ConfigDict(dict(
-      patch_size=tlb.patch_size,
-      tokenizer=tlb.tokenizer,
-      embed_dim=tlb.embed_dim,
-      num_layers=7,
-      num_heads=tlb.num_heads,
-      mlp_ratio=tlb.mlp_ratio,
-      dropout_rate=tlb.dropout_rate,
-      attention_dropout_rate=tlb.attention_dropout_rate,
-  ))
-  del config['tlb']
+  config.vit.update(num_layers=7, dropout_rate=0.1, attention_dropout_rate=0.0)
+  config.batch_size = 256
+  config.eval_batch_size = 1000
+  config.learning_rate = 1e-3
+  config.lr_schedule = 'warmup_cosine'
+  config.warmup_epochs = 2.0
+  config.weight_decay = 0.05
+  config.weight_decay_on = 'kernels'
+  config.grad_clip_norm = 1.0
+  config.label_smoothing = 0.1
   return config

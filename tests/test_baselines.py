@@ -14,7 +14,7 @@ import pytest
 from flax import jax_utils
 from tfds_mock import mock_cifar
 
-from tlb_jax import config_validation, input_pipeline, train
+from tlb_jax import config_validation, input_pipeline, train, train_state
 from tlb_jax.models import MODELS, create_model
 from tlb_jax.models.perceiver import Perceiver
 from tlb_jax.models.tlb import TLB
@@ -63,7 +63,7 @@ def pmapped_train_step(name):
   """The trainer's train_step under pmap for the tiny `name` (no augmentation), compiled once
   per model for every test that uses it, and its initial replicated TrainState."""
   learning_rate_fn = optax.constant_schedule(3e-3)
-  state = train.create_train_state(jax.random.PRNGKey(0), tiny_model(name), IMAGE_SIZE,
+  state = train_state.create_train_state(jax.random.PRNGKey(0), tiny_model(name), IMAGE_SIZE,
                                    optax.adam(learning_rate_fn))
   step = jax.pmap(functools.partial(
       train.train_step, learning_rate_fn=learning_rate_fn, resize_size=IMAGE_SIZE,
@@ -154,12 +154,12 @@ def test_create_model_builds_the_model_that_config_model_names(config_name, mode
   assert isinstance(create_model(config, NUM_CLASSES), model_class)
 
 
-def test_vit_cifar10_has_the_tlb_cifar10_parameter_count_within_one_percent():
+def test_vit_cifar10_has_the_parameter_count_of_the_tlb_of_its_recipe_within_one_percent():
   sizes = {}
-  for name in ('cifar10', 'vit_cifar10'):
+  for name in ('cifar10_48px', 'vit_cifar10'):
     config = load_config(name)
     sizes[name] = param_count(create_model(config, 10), config.image_size)
-  assert abs(sizes['vit_cifar10'] - sizes['cifar10']) < 0.01 * sizes['cifar10'], sizes
+  assert abs(sizes['vit_cifar10'] - sizes['cifar10_48px']) < 0.01 * sizes['cifar10_48px'], sizes
 
 
 def test_perceiver_cifar100_config_is_the_seed_model_and_recipe():
@@ -196,7 +196,7 @@ def tiny_perceiver_config():
   config = load_config('perceiver_cifar100')
   config.perceiver.update(TINY['perceiver'])
   config.update(resize_size=18, image_size=IMAGE_SIZE, batch_size=8, eval_batch_size=16,
-                num_epochs=1, log_every_steps=2, checkpoint_every_steps=2, download=True)
+                num_epochs=1, log_every_steps=2, checkpoint_every_steps=2)
   return config
 
 

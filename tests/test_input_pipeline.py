@@ -2,11 +2,14 @@
 
 import itertools
 import os
+import time
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
 from configs import smoke
 from tfds_mock import mock_cifar
@@ -49,7 +52,7 @@ def mocked(request):
   """(dataset loaded from mocked TFDS, expected number of classes)."""
   name, num_classes = request.param
   with mock_cifar(MOCK_EXAMPLES):
-    data = input_pipeline.load(_config(dataset=name, download=True))
+    data = input_pipeline.load(_config(dataset=name))
   return data, num_classes
 
 
@@ -79,7 +82,7 @@ def test_load_skips_an_empty_split_and_pictures_the_other(empty):
   """An empty eval_split or test_split loads as None; the attention pictures use the split
   that is left."""
   with mock_cifar(MOCK_EXAMPLES):
-    data = input_pipeline.load(_config(download=True, **{empty: ''}))
+    data = input_pipeline.load(_config(**{empty: ''}))
   assert getattr(data, empty.removesuffix('_split')) is None
   assert data.pictured is (data.eval if empty == 'test_split' else data.test)
   assert data.pictured is not None
@@ -96,15 +99,34 @@ def test_load_real_cifar10_splits_of_smoke_config():
   assert set(np.unique(data.test.labels)) == set(range(10))
 
 
-def test_missing_data_raises_one_line_error_naming_data_dir(tmp_path):
-  """An empty data_dir without download is a one-line DataError that says to pass
-  --config.data_dir."""
-  with pytest.raises(DataError) as error:
-    input_pipeline.load(_config(data_dir=str(tmp_path), download=False))
+def test_missing_data_offline_raises_one_line_error_naming_data_dir(tmp_path):
+  """Unprepared data with the download site out of reach is a one-line DataError that names
+  the data dir and says to pass --config.data_dir, without starting a download."""
+  with mock.patch.object(input_pipeline, 'can_reach', return_value=False), mock.patch.object(
+      tfds.core.DatasetBuilder, 'download_and_prepare') as download:
+    with pytest.raises(DataError) as error:
+      input_pipeline.load(_config(data_dir=str(tmp_path)))
   message = str(error.value)
   assert '\n' not in message
-  assert '--config.data_dir' in message
+  assert '--config.data_dir' in message and 'cannot be reached' in message
   assert str(tmp_path) in message and 'cifar10' in message
+  download.assert_not_called()
+
+
+def test_missing_data_is_downloaded_when_the_site_is_reachable(tmp_path):
+  """Unprepared data is downloaded and prepared by TFDS when the download site answers."""
+  with mock.patch.object(input_pipeline, 'can_reach', return_value=True), mock.patch.object(
+      tfds.core.DatasetBuilder, 'download_and_prepare') as download:
+    with pytest.raises(DataError):  # the mocked download prepares nothing to read
+      input_pipeline.load(_config(data_dir=str(tmp_path)))
+  download.assert_called_once()
+
+
+def test_can_reach_is_false_within_its_timeout_for_a_closed_port():
+  """A port nobody listens on is unreachable, and the answer comes within the timeout."""
+  start = time.monotonic()
+  assert not input_pipeline.can_reach(('127.0.0.1', 9), timeout_s=1.0)
+  assert time.monotonic() - start < 2.0
 
 
 def test_nonexistent_data_dir_raises_data_error(tmp_path):

@@ -10,7 +10,7 @@ import sys
 import ml_collections
 import pytest
 
-from configs import smoke
+from configs import default, smoke
 from tlb_jax import config_validation
 from tlb_jax.config_validation import ConfigError
 
@@ -118,6 +118,31 @@ def test_invalid_config_exits_2_with_one_error_line_naming_the_field(flag, names
   errors = _error_lines(process.stderr)
   assert len(errors) == 1, _describe(process)
   assert names in errors[0]
+  assert 'Traceback' not in process.stderr
+
+
+@pytest.mark.parametrize('args, expected', [
+    (('--config=configs/nope.py',),
+     'error: --config=configs/nope.py cannot be loaded (no such file: configs/nope.py)'),
+    (('--config=README.md',), 'error: --config=README.md cannot be loaded ('),
+    (('--config=configs/smoke.py', '--config.tlb.embed_dm=3'),
+     'error: --config.tlb.embed_dm: configs/smoke.py has no such field; did you mean '
+     '--config.tlb.embed_dim?'),
+    (('--config=configs/smoke.py', '--config.nonexistent=3'),
+     'error: --config.nonexistent: configs/smoke.py has no such field'),
+    (('--config=configs/smoke.py', '--config.batch_size=abc'),
+     'error: flag --config.batch_size=abc: '),
+    (('--config=configs/smoke.py', '--no_such_flag=1'),
+     "error: Unknown command line flag 'no_such_flag'"),
+    (('--config=configs/smoke.py', 'stray'), 'error: unexpected arguments: stray'),
+], ids=['missing_file', 'not_python', 'misspelt_field', 'unknown_field', 'bad_value',
+        'unknown_flag', 'stray_argument'])
+def test_bad_command_line_exits_2_with_one_error_line(args, expected, tmp_path):
+  """Every bad command line is one `error:` line on stderr and exit status 2, no traceback."""
+  process = _main(*args, f'--workdir={tmp_path / "run"}', timeout=120)
+  assert process.returncode == 2, _describe(process)
+  assert len(_error_lines(process.stderr)) == 1, _describe(process)
+  assert _error_lines(process.stderr)[0].startswith(expected), _describe(process)
   assert 'Traceback' not in process.stderr
 
 
@@ -244,12 +269,23 @@ def test_validate_accepts_crops_flip_of_the_padded_native_image():
                                          test_time_augmentation='crops_flip'))
 
 
-def test_validate_requires_the_model_section():
-  """config.model needs its hyper-parameter section."""
+def test_validate_rejects_a_config_without_the_model_section_naming_its_fields():
+  """config.model needs its hyper-parameter section: every missing field is named."""
   config = smoke.get_config()
   del config['tlb']
-  with pytest.raises(ConfigError, match='needs a config.tlb section'):
+  with pytest.raises(ConfigError, match='lacks the fields tlb.patch_size, '):
     config_validation.validate(config)
+
+
+def test_fields_are_those_of_the_default_config():
+  """config_validation.FIELDS and each model's fields are exactly configs/default.py's."""
+  config = default.get_config().to_dict()
+  sections = {name for name, value in config.items() if isinstance(value, dict)}
+  assert set(config_validation.FIELDS) == set(config) - sections
+  assert sections == {'tlb', 'vit', 'perceiver'}
+  for model in sections:
+    assert set(config_validation.model_fields(model)) == set(config[model])
+  assert config_validation.missing_fields(config) == []
 
 
 def test_config_error_is_a_value_error():

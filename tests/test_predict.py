@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -279,3 +280,54 @@ def test_unusable_workdir_gives_a_one_line_error_and_exit_2(workdir, files, tmp_
   errors = [line for line in err.splitlines() if line.startswith('error:')]
   assert len(errors) == 1 and bad in errors[0]
   assert ('does not exist' if kind == 'missing' else 'has no checkpoint') in errors[0]
+
+
+# ------------------------------------------------------------------------------------- export
+
+
+@pytest.fixture(scope='module')
+def exported(workdir, tmp_path_factory):
+  """The shared workdir exported by `inference.export` (parameters only)."""
+  output = str(tmp_path_factory.mktemp('exported') / 'run')
+  assert inference.export(workdir, output) == output
+  return output
+
+
+def test_export_writes_parameters_config_labels_and_results_without_checkpoints(workdir,
+                                                                                exported):
+  """An export holds params/, the run's config.json and labels.json, and its results.json."""
+  assert sorted(os.listdir(exported)) == ['config.json', 'labels.json', 'params', 'results.json']
+  for name in ('config.json', 'labels.json', 'results.json'):
+    with open(os.path.join(workdir, name)) as f, open(os.path.join(exported, name)) as g:
+      assert json.load(f) == json.load(g)
+
+
+def test_exported_parameters_restore_equal_to_the_checkpoints(workdir, exported):
+  """restore() of an export gives the checkpoint's step and exactly its parameters."""
+  original, restored = inference.restore(workdir), inference.restore(exported)
+  assert restored.step == original.step
+  flat = lambda params: {jax.tree_util.keystr(k): np.asarray(v)
+                         for k, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+  original_params, restored_params = flat(original.params), flat(restored.params)
+  assert original_params.keys() == restored_params.keys()
+  for name, value in original_params.items():
+    np.testing.assert_array_equal(restored_params[name], value, err_msg=name)
+
+
+def test_eval_mode_on_an_export_reproduces_the_runs_test_figures(exported, tmp_path):
+  """--mode=eval works on an exported directory and scores what the run scored."""
+  copy = str(tmp_path / 'run')
+  shutil.copytree(exported, copy)
+  with open(os.path.join(copy, 'results.json')) as f:
+    trained = json.load(f)
+  with mock_cifar(trained_run.MOCK_EXAMPLES):
+    results = inference.evaluate_checkpoint(copy)
+  assert results['test_top1'] == pytest.approx(trained['test_top1'])
+  assert results['test_loss'] == pytest.approx(trained['test_loss'], rel=1e-5)
+  assert results['train_wall_time_s'] == trained['train_wall_time_s']
+
+
+def test_export_refuses_to_overwrite_an_earlier_export(workdir, exported):
+  """An --output that already holds exported parameters is an InferenceError."""
+  with pytest.raises(inference.InferenceError, match='already holds exported parameters'):
+    inference.export(workdir, exported)

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from test_main import HAS_REAL_DATA, REAL_DATA_DIR, REPO_ROOT, _describe, _main
 from test_train import (MOCK_EXAMPLES, _assert_trees_equal, _batch, _first, _restore_raw,
                         _resume_config, _run_steps, tiny)  # pylint: disable=unused-import
 from tfds_mock import mock_cifar
-from tlb_jax import checkpointing, train
+from tlb_jax import checkpointing, train, train_state
 from tlb_jax.models import create_model
 
 NUM_CLASSES = 10
@@ -52,9 +53,9 @@ def _corrupt(workdir, step):
 def _template(config):
   """The abstract TrainState of `config` (shapes and dtypes only), as restore_latest takes."""
   model = create_model(config, NUM_CLASSES)
-  tx = train.create_optimizer(config, optax.constant_schedule(config.learning_rate))
+  tx = train_state.create_optimizer(config, optax.constant_schedule(config.learning_rate))
   return jax.eval_shape(
-      lambda rng: train.create_train_state(rng, model, config.image_size, tx),
+      lambda rng: train_state.create_train_state(rng, model, config.image_size, tx),
       jax.random.PRNGKey(0))
 
 
@@ -154,9 +155,8 @@ def test_run_with_no_readable_checkpoint_stops_and_points_to_fresh(workdir):
 
 def _with_vit(config):
   config.model = 'vit'
-  config.vit = ml_collections.ConfigDict(dict(
-      patch_size=4, embed_dim=32, num_layers=1, num_heads=2, mlp_ratio=1, dropout_rate=0.0,
-      attention_dropout_rate=0.0))
+  config.vit.update(patch_size=4, embed_dim=32, num_layers=1, num_heads=2, mlp_ratio=1,
+                    dropout_rate=0.0, attention_dropout_rate=0.0)
   return config
 
 
@@ -194,18 +194,22 @@ def test_changing_only_dropout_remat_or_unroll_is_compatible(tmp_path_factory):
   checkpointing.check_compatible(run, config)
 
 
-def test_a_run_saved_before_the_tokenizer_field_counts_as_linear(tmp_path_factory):
-  """A config.json without tlb.tokenizer (runs saved before the field existed) matches
-  tokenizer 'linear' and differs from 'conv'."""
-  run = trained_run.trained_workdir(tmp_path_factory)
+def test_a_workdir_whose_config_lacks_current_fields_is_refused_naming_them(tmp_path_factory,
+                                                                            tmp_path):
+  """Resuming a workdir whose config.json lacks fields of the current configs (a run of an older
+  tlb-jax) is a CheckpointError that names the fields and says to retrain or pass --fresh."""
+  run = str(tmp_path / 'old_run')
+  shutil.copytree(trained_run.trained_workdir(tmp_path_factory), run)
   with open(os.path.join(run, 'config.json')) as f:
     saved = json.load(f)
-  del saved['tlb']['tokenizer']
-  config = trained_run.config()
-  assert config.tlb.tokenizer == 'linear'
-  assert checkpointing.incompatible_fields(saved, config) == []
-  config.tlb.tokenizer = 'conv'
-  assert checkpointing.incompatible_fields(saved, config) == ['tlb.tokenizer']
+  del saved['tlb']['tokenizer'], saved['crop_padding']
+  with open(os.path.join(run, 'config.json'), 'w') as f:
+    json.dump(saved, f)
+  with pytest.raises(checkpointing.CheckpointError) as e:
+    checkpointing.check_compatible(run, trained_run.config())
+  message = str(e.value)
+  assert 'crop_padding, tlb.tokenizer' in message and '--fresh' in message
+  assert '\n' not in message
 
 
 def test_fresh_moves_checkpoints_and_results_aside_and_trains_from_step_0(workdir):

@@ -13,9 +13,10 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import jax_utils
 
-from configs import cifar10, cifar10_2h, smoke
+from configs import cifar10, smoke
 from tfds_mock import mock_cifar
-from tlb_jax import augment, checkpointing, input_pipeline, plots, train
+from tlb_jax import (augment, checkpointing, evaluation, input_pipeline, plots, train,
+                     train_state)
 from tlb_jax.models.tlb import TLB
 
 NUM_CLASSES = 10
@@ -56,9 +57,9 @@ def tiny():
   config = cifar10.get_config()
   config.update(learning_rate=LEARNING_RATE, lr_schedule='constant', weight_decay=0.0,
                 grad_clip_norm=0.0)
-  learning_rate_fn = train.create_learning_rate_fn(config, steps_per_epoch=1, total_steps=1)
-  state = train.create_train_state(jax.random.PRNGKey(0), model, IMAGE_SIZE,
-                                   train.create_optimizer(config, learning_rate_fn))
+  learning_rate_fn = train_state.create_learning_rate_fn(config, steps_per_epoch=1, total_steps=1)
+  state = train_state.create_train_state(jax.random.PRNGKey(0), model, IMAGE_SIZE,
+                                   train_state.create_optimizer(config, learning_rate_fn))
   step = functools.partial(train.train_step, learning_rate_fn=learning_rate_fn,
                            resize_size=IMAGE_SIZE, image_size=IMAGE_SIZE, random_flip=False,
                            label_smoothing=0.0)
@@ -137,8 +138,8 @@ def test_mixed_batch_loss_weighs_own_and_partner_labels(tiny, alphas):
                                     **{'mixup_alpha': 0.0, 'cutmix_alpha': 0.0, **alphas})
   logits = model.apply({'params': state.params}, mixed, train=False)
   labels = batch['label']
-  expected = (weight * train.cross_entropy_loss(logits, labels)
-              + (1 - weight) * train.cross_entropy_loss(logits, labels[::-1])).mean()
+  expected = (weight * evaluation.cross_entropy_loss(logits, labels)
+              + (1 - weight) * evaluation.cross_entropy_loss(logits, labels[::-1])).mean()
   assert 0.0 < float(weight) < 1.0
   np.testing.assert_allclose(step_metrics['loss'], expected, rtol=1e-5)
 
@@ -148,12 +149,12 @@ def test_evaluate_counts_every_example_once_with_padding(tiny):
   model, state, _ = tiny
   data = _batch(23, seed=2)
   split = input_pipeline.Split(images=data['image'], labels=data['label'])
-  p_eval_step = jax.pmap(functools.partial(train.eval_step, apply_fn=model.apply,
+  p_eval_step = jax.pmap(functools.partial(evaluation.eval_step, apply_fn=model.apply,
                                            image_size=IMAGE_SIZE), axis_name='batch')
-  result = train.evaluate(p_eval_step, jax_utils.replicate(state.params), split, batch_size=10)
+  result = evaluation.evaluate(p_eval_step, jax_utils.replicate(state.params), split, batch_size=10)
   logits = np.asarray(jax.jit(functools.partial(model.apply, train=False))(
       {'params': state.params}, data['image'] / np.float32(255)))
-  losses = np.asarray(train.cross_entropy_loss(logits, data['label']))
+  losses = np.asarray(evaluation.cross_entropy_loss(logits, data['label']))
   assert result['examples'] == 23
   np.testing.assert_allclose(result['accuracy'], (logits.argmax(-1) == data['label']).mean(),
                              rtol=1e-6)
@@ -166,32 +167,24 @@ def test_eval_logits_are_the_mean_of_each_views_logits(tiny):
                              resize_size=IMAGE_SIZE + 2, augmentation='crops_flip')
   apply = jax.jit(lambda images: model.apply({'params': state.params}, images, train=False))
   expected = np.mean([np.asarray(apply(view)) for view in views], axis=0)
-  averaged = jax.jit(functools.partial(train.eval_logits, model.apply))(state.params, views)
+  averaged = jax.jit(functools.partial(evaluation.eval_logits, model.apply))(state.params, views)
   np.testing.assert_allclose(averaged, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_per_epoch_validation_scores_one_view_and_final_evaluations_the_configured_views():
   config = cifar10.get_config()
   config.update(eval_resize_size=52, test_time_augmentation='crops_flip', crop_padding=2)
-  assert train.eval_view_args(config, test_time=False) == {'resize_size': 52,
+  assert evaluation.eval_view_args(config, test_time=False) == {'resize_size': 52,
                                                             'augmentation': 'none', 'padding': 2}
-  assert train.eval_view_args(config, test_time=True) == {
+  assert evaluation.eval_view_args(config, test_time=True) == {
       'resize_size': 52, 'augmentation': 'crops_flip', 'padding': 2}
 
 
 def test_the_train_step_crops_the_padded_canvas_the_config_names():
-  """cifar10_2h trains on crops of the native image reflect-padded by 4, at no resize."""
-  config = cifar10_2h.get_config()
+  """cifar10.py trains on crops of the native image reflect-padded by 4, at no resize."""
+  config = cifar10.get_config()
   step = train.make_train_step(config, optax.constant_schedule(1e-3))
   assert (step.keywords['crop_padding'], step.keywords['resize_size']) == (4, 32)
-
-
-def test_a_config_from_before_the_eval_fields_evaluates_the_plain_resize():
-  """Workdirs trained before the fields existed restore configs that lack them."""
-  config = cifar10.get_config()
-  del config['eval_resize_size'], config['test_time_augmentation'], config['crop_padding']
-  assert train.eval_view_args(config, test_time=True) == {'resize_size': 0,
-                                                           'augmentation': 'none', 'padding': 0}
 
 
 # -------------------------------------------------------------------------------- checkpoints
@@ -270,7 +263,7 @@ def _resume_config():
   config = smoke.get_config()
   config.tlb.update(embed_dim=16, num_layers=1, cross_attention_every=2, mlp_ratio=1,
                     dropout_rate=0.1)
-  config.update(download=True, batch_size=8, eval_batch_size=16, num_train_steps=RESUME_STEPS,
+  config.update(batch_size=8, eval_batch_size=16, num_train_steps=RESUME_STEPS,
                 checkpoint_every_steps=1, keep_checkpoints=RESUME_STEPS, log_every_steps=2)
   if 'num_attention_images' in config:
     config.num_attention_images = 0  # no attention plots: they are not under test here
@@ -350,7 +343,7 @@ def test_weight_decay_mask_excludes_biases_norms_and_embeddings():
   model = TLB(**TINY, slow_stream_init='learned')
   params = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
                           jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3)))['params']
-  mask = jax.tree_util.tree_flatten_with_path(train.weight_decay_mask(params))[0]
+  mask = jax.tree_util.tree_flatten_with_path(train_state.weight_decay_mask(params))[0]
   names = {jax.tree_util.keystr(path): decays for path, decays in mask}
   kinds = {'kernel': True, 'bias': False, 'scale': False, 'position_embedding': False,
            'initial_slow_stream': False}
@@ -369,7 +362,7 @@ def test_weight_decay_shrinks_only_masked_parameters(weight_decay_on):
   config = cifar10.get_config()
   config.update(learning_rate=0.1, lr_schedule='constant', weight_decay=0.5, grad_clip_norm=1.0,
                 weight_decay_on=weight_decay_on)
-  tx = train.create_optimizer(config, train.create_learning_rate_fn(config, 1, 10))
+  tx = train_state.create_optimizer(config, train_state.create_learning_rate_fn(config, 1, 10))
   params = {'dense': {'kernel': jnp.ones((3, 3)), 'bias': jnp.ones(3)},
             'norm': {'scale': jnp.ones(3)},
             'patch_embed': {'position_embedding': jnp.ones((4, 3))}}
@@ -387,7 +380,7 @@ def test_warmup_cosine_schedule_shape():
   """Linear warmup from 0 to the peak over warmup_epochs, then cosine decay to the minimum."""
   config = cifar10.get_config()
   config.update(learning_rate=1e-3, warmup_epochs=2.0, min_learning_rate=1e-5)
-  schedule = train.create_learning_rate_fn(config, steps_per_epoch=10, total_steps=100)
+  schedule = train_state.create_learning_rate_fn(config, steps_per_epoch=10, total_steps=100)
   values = np.array([float(schedule(step)) for step in range(101)])
   assert values[0] == 0.0
   np.testing.assert_allclose(values[10], 5e-4, rtol=1e-5)
@@ -403,7 +396,7 @@ def test_warmup_longer_than_run_is_clamped():
   """A warmup longer than the run ends one step before the last step."""
   config = cifar10.get_config()
   config.update(learning_rate=1e-3, warmup_epochs=50.0, min_learning_rate=0.0)
-  schedule = train.create_learning_rate_fn(config, steps_per_epoch=10, total_steps=20)
+  schedule = train_state.create_learning_rate_fn(config, steps_per_epoch=10, total_steps=20)
   np.testing.assert_allclose(float(schedule(19)), 1e-3, rtol=1e-5)
   np.testing.assert_allclose(float(schedule(10)), 1e-3 * 10 / 19, rtol=1e-5)
 
@@ -412,7 +405,7 @@ def test_constant_schedule_is_constant():
   """lr_schedule='constant' (the seed) ignores warmup and the run length."""
   config = cifar10.get_config()
   config.update(learning_rate=2e-4, lr_schedule='constant', warmup_epochs=2.0)
-  schedule = train.create_learning_rate_fn(config, steps_per_epoch=10, total_steps=100)
+  schedule = train_state.create_learning_rate_fn(config, steps_per_epoch=10, total_steps=100)
   for step in (0, 10, 50, 100):
     np.testing.assert_allclose(float(schedule(step)), 2e-4, rtol=1e-6)
 
@@ -427,7 +420,7 @@ def test_cross_entropy_without_smoothing_is_negative_log_likelihood():
   logits = np.random.default_rng(0).normal(size=(5, 10)).astype(np.float32)
   labels = np.array([0, 3, 9, 3, 7])
   expected = -_log_softmax(logits)[np.arange(5), labels]
-  np.testing.assert_allclose(train.cross_entropy_loss(logits, labels), expected, rtol=1e-5)
+  np.testing.assert_allclose(evaluation.cross_entropy_loss(logits, labels), expected, rtol=1e-5)
 
 
 def test_cross_entropy_with_label_smoothing():
@@ -438,17 +431,17 @@ def test_cross_entropy_with_label_smoothing():
   targets = np.full((5, 10), 0.1 / 10)
   targets[np.arange(5), labels] += 0.9
   expected = -(targets * log_probs).sum(-1)
-  np.testing.assert_allclose(train.cross_entropy_loss(logits, labels, 0.1), expected, rtol=1e-5)
+  np.testing.assert_allclose(evaluation.cross_entropy_loss(logits, labels, 0.1), expected, rtol=1e-5)
   assert not np.allclose(expected, -log_probs[np.arange(5), labels])
 
 
 def test_cross_entropy_is_float32_for_bfloat16_logits():
   """The loss is computed in float32 whatever the logits' dtype."""
   logits = jnp.asarray(np.random.default_rng(2).normal(size=(3, 10)), jnp.bfloat16)
-  assert train.cross_entropy_loss(logits, jnp.array([0, 1, 2]), 0.1).dtype == jnp.float32
+  assert evaluation.cross_entropy_loss(logits, jnp.array([0, 1, 2]), 0.1).dtype == jnp.float32
 
 
 def test_top5_correct_marks_labels_among_the_five_largest_logits():
   """1 where the label's logit is among the 5 largest, else 0."""
   logits = jnp.tile(jnp.arange(10.0), (3, 1))  # class 9 largest, 5..9 are the top 5
-  np.testing.assert_array_equal(train.top5_correct(logits, jnp.array([9, 5, 4])), [1, 1, 0])
+  np.testing.assert_array_equal(evaluation.top5_correct(logits, jnp.array([9, 5, 4])), [1, 1, 0])

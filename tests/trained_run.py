@@ -18,7 +18,7 @@ _WORKDIRS: dict[str, str] = {}
 
 def config():
   config = smoke.get_config()
-  config.update(download=True, batch_size=16, eval_batch_size=32, num_epochs=2,
+  config.update(batch_size=16, eval_batch_size=32, num_epochs=2,
                 log_every_steps=2, checkpoint_every_steps=4,
                 num_attention_images=NUM_ATTENTION_IMAGES,
                 # Evaluation on the central crop of the training resize; the final evaluations

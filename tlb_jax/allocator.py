@@ -2,13 +2,12 @@
 
 XLA:CPU allocates every step's temporary buffers anew. glibc's malloc hands large blocks back
 to the kernel on free, so each step page-faults hundreds of MB in again; tcmalloc (or jemalloc
-with decay off) keeps them. Preloaded tcmalloc made the train step 1.2-1.3x faster on this
-project's 2-core machine (README, Performance).
+with decay off) keeps them (docs/performance.md).
 """
 
 TCMALLOC_HINT = (
-    'CPU steps run 1.2-1.3x faster with tcmalloc: apt install libtcmalloc-minimal4, then run '
-    'with LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 (README, Performance)')
+    'CPU steps run faster with tcmalloc: apt install libtcmalloc-minimal4, then run with '
+    'LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 (docs/performance.md)')
 
 
 def preloaded_allocator(maps_path: str = '/proc/self/maps') -> str:

@@ -4,10 +4,10 @@
   python -m tlb_jax.benchmark --config=configs/cifar10_seed.py --sweep   # tokens sweep, tlb vs vit
   python -m tlb_jax.benchmark --config=configs/cifar10_seed.py --profile_dir=/tmp/trace  # + where
       # the train step's time goes (tlb_jax.profiling)
-  python -m tlb_jax.benchmark --config=configs/cifar10_2h.py --noflops  # timings only: two
+  python -m tlb_jax.benchmark --config=configs/cifar10.py --noflops  # timings only: two
       # compiles fewer (on a GPU one train-step compile can take most of a minute)
 
-Times the pmapped `train.train_step` (augmentation included) and `train.eval_step` on random
+Times the pmapped `train.train_step` (augmentation included) and `evaluation.eval_step` on random
 uint8 batches: warm-up calls excluded, the median of `--repeats` calls reported. FLOPs come
 from XLA's cost analysis of the same step lowered with the chunk scan fully unrolled and
 without remat (XLA counts a while-loop body once), so they are the model's FLOPs and
@@ -27,7 +27,7 @@ from absl import app, flags
 from flax import jax_utils
 from ml_collections import config_flags
 
-from tlb_jax import allocator, config_validation, profiling, train
+from tlb_jax import allocator, config_validation, evaluation, profiling, train, train_state
 from tlb_jax.models import create_model, layers
 
 FLAGS = flags.FLAGS
@@ -66,8 +66,8 @@ def median_seconds(fn, repeats: int, warmup: int) -> float:
 
 def peak_matmul_size(backend: str) -> int:
   """Side of the square matmul that measures the peak. An accelerator does a 2048-matmul in
-  ~20 us, so launch overhead would hide most of its peak (an H100 measured 110 bf16 TFLOP/s
-  at 2048 and 638 at 8192); at 8192 a CPU would take seconds per product."""
+  microseconds, so launch overhead would hide most of its peak; at 8192 a CPU would take
+  seconds per product."""
   return 2048 if backend == 'cpu' else 8192
 
 
@@ -103,10 +103,10 @@ def _synthetic_batch(config, batch_size: int, num_classes: int, mask: bool):
 
 def _steps(config, num_classes: int):
   model = create_model(config, num_classes)
-  learning_rate_fn = train.create_learning_rate_fn(config, 100, 1000)
-  state = train.create_train_state(jax.random.PRNGKey(0), model, config.image_size,
-                                   train.create_optimizer(config, learning_rate_fn))
-  return state, train.make_train_step(config, learning_rate_fn), train.make_eval_step(config,
+  learning_rate_fn = train_state.create_learning_rate_fn(config, 100, 1000)
+  state = train_state.create_train_state(jax.random.PRNGKey(0), model, config.image_size,
+                                   train_state.create_optimizer(config, learning_rate_fn))
+  return state, train.make_train_step(config, learning_rate_fn), evaluation.make_eval_step(config,
                                                                                    model)
 
 

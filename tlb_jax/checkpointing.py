@@ -1,7 +1,6 @@
 """Orbax checkpoints of the TrainState under `workdir/checkpoints`."""
 
 import gc
-import json
 import logging as std_logging
 import os
 import sys
@@ -12,6 +11,9 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
+
+from tlb_jax import run_files
 
 
 # Model fields that change no parameter shape, so a run may resume with other values.
@@ -20,8 +22,6 @@ SHAPE_FREE_MODEL_FIELDS = ('dropout_rate', 'attention_dropout_rate', 'scan_unrol
 SHAPE_FIELDS = ('model', 'dataset', 'image_size', 'weight_decay_on')
 # After a failed restore, close() waits until its abandoned reads were quiet this long.
 RESTORE_NOISE_SETTLE_S = 0.5
-# Model fields added after the first release, with the value that runs saved without them used.
-ADDED_MODEL_FIELDS = {'tokenizer': 'linear'}
 
 
 class CheckpointError(Exception):
@@ -32,35 +32,57 @@ def incompatible_fields(saved: dict, config: ml_collections.ConfigDict) -> list[
   """Fields of `config` that differ from the `saved` run's config in a way that changes the
   shapes of the train state (so its checkpoints cannot be restored)."""
   new = config.to_dict()
-  fields = [f for f in SHAPE_FIELDS if saved.get(f) != new.get(f)]
-  if (saved.get('grad_clip_norm', 0) > 0) != (new['grad_clip_norm'] > 0):
+  fields = [f for f in SHAPE_FIELDS if saved[f] != new[f]]
+  if (saved['grad_clip_norm'] > 0) != (new['grad_clip_norm'] > 0):
     fields.append('grad_clip_norm')  # clipping adds optimizer state
   if 'model' not in fields:
-    model, saved_model = new[new['model']], saved.get(new['model'], {})
+    model, saved_model = new[new['model']], saved[new['model']]
     fields += [f'{new["model"]}.{k}' for k, v in model.items()
-               if k not in SHAPE_FREE_MODEL_FIELDS
-               and saved_model.get(k, ADDED_MODEL_FIELDS.get(k)) != v]
+               if k not in SHAPE_FREE_MODEL_FIELDS and saved_model[k] != v]
   return fields
 
 
+def _sync_processes(name: str) -> None:
+  """Waits until every process of a multi-process run gets here (no-op for one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
 def start_fresh(workdir: str) -> None:
-  """Moves an earlier run's checkpoints and results aside (never deletes them)."""
+  """Moves an earlier run's checkpoints and results aside (never deletes them); in a
+  multi-process run, process 0 moves them while the others wait."""
   stamp = time.strftime('%Y%m%d-%H%M%S')
   for name in ('checkpoints', 'results.json'):
     path = os.path.join(workdir, name)
-    if os.path.exists(path):
+    if jax.process_index() == 0 and os.path.exists(path):
       root, ext = os.path.splitext(path)
       os.replace(path, f'{root}.old-{stamp}{ext}')
       logging.warning('Starting fresh: moved %s to %s', path, f'{root}.old-{stamp}{ext}')
+  _sync_processes('tlb_jax_start_fresh')
+
+
+def one_copy(replicated_state):
+  """The copy of a pmap-replicated train state that `Checkpoints.save` takes: the first local
+  device's; in a multi-process run, one global array per leaf, replicated on every process's
+  devices, which Orbax writes once (it refuses arrays local to a process)."""
+  if jax.process_count() == 1:
+    return jax.tree.map(lambda x: x[0], replicated_state)
+  return jax.tree.map(ocp.utils.fully_replicated_host_local_array_to_global_array,
+                      replicated_state)
 
 
 def check_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Raises CheckpointError if `workdir` holds checkpoints of a differently shaped run."""
-  config_path = os.path.join(workdir, 'config.json')
-  if not (os.path.isdir(os.path.join(workdir, 'checkpoints')) and os.path.exists(config_path)):
+  """Raises CheckpointError if `workdir` holds checkpoints of a differently shaped run, or of a
+  run whose config.json lacks current fields."""
+  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
     return
-  with open(config_path) as f:
-    saved = json.load(f)
+  try:
+    saved = run_files.saved_config(workdir)
+    if saved is None:
+      return
+    run_files.check_current_fields(workdir, saved)
+  except run_files.WorkdirError as e:
+    raise CheckpointError(str(e)) from None
   fields = incompatible_fields(saved, config)
   if fields:
     raise CheckpointError(
@@ -126,7 +148,8 @@ class _FailedRestoreNoise(std_logging.Filter):
 
 class Checkpoints:
   """Periodic saves that keep the last `config.keep_checkpoints`, and restore of the latest
-  readable one (an unreadable latest checkpoint falls back to the one before)."""
+  readable one (an unreadable latest checkpoint falls back to the one before). A context
+  manager: leaving the block waits for pending saves and closes the manager."""
 
   def __init__(self, workdir: str, config: ml_collections.ConfigDict):
     self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
@@ -188,15 +211,31 @@ class Checkpoints:
     would leave the unreadable checkpoint as its last.
     """
     stamp = time.strftime('%Y%m%d-%H%M%S')
-    for step in self._unreadable:
+    for step in self._unreadable if jax.process_index() == 0 else ():
       path = os.path.join(self.directory, str(step))
       os.replace(path, f'{path}.unreadable-{stamp}')
       logging.warning('Moved the unreadable checkpoint %s to %s', path,
                       f'{path}.unreadable-{stamp}')
+    _sync_processes('tlb_jax_set_aside_unreadable')
     self._unreadable = []
     self.manager.reload()
 
+  def latest_saved_step(self) -> int | None:
+    """The step of the newest complete checkpoint (pending saves finished first)."""
+    self.manager.wait_until_finished()
+    return self.manager.latest_step()
+
+  def wait_until_finished(self) -> None:
+    self.manager.wait_until_finished()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc_info):
+    self.close()
+
   def close(self) -> None:
+    """Waits for pending saves and releases the manager; `with Checkpoints(...)` calls it."""
     self.manager.wait_until_finished()
     self.manager.close()
     if self._restore_noise is not None:

@@ -1,6 +1,7 @@
 """Checks a config before anything is loaded or compiled; each failure is one line that names
 the field and what it may be."""
 
+import dataclasses
 import math
 import os
 import tempfile
@@ -9,6 +10,7 @@ import ml_collections
 
 from tlb_jax.augment import TEST_TIME_AUGMENTATIONS
 from tlb_jax.input_pipeline import DATASETS
+from tlb_jax.models import MODELS
 from tlb_jax.models.layers import POWER_OF_TWO_TOKENIZERS, TOKENIZERS
 
 DTYPES = ('auto', 'float32', 'bfloat16', 'float16')
@@ -16,7 +18,8 @@ LR_SCHEDULES = ('constant', 'warmup_cosine')
 WEIGHT_DECAY_ON = ('all', 'kernels')
 MODEL_CHOICES = {
     'tlb': {'head': ('slow_mean', 'fast_last_mean'), 'slow_stream_init': ('learned', 'zeros'),
-            'remat': ('none', 'dots', 'full'), 'tokenizer': TOKENIZERS},
+            'remat': ('none', 'dots', 'full'), 'tokenizer': TOKENIZERS,
+            'variant': ('paper', 'keras_seed')},
     'perceiver': {},
     'vit': {'tokenizer': TOKENIZERS},
 }
@@ -25,6 +28,34 @@ POSITIVE_INTS = ('batch_size', 'eval_batch_size', 'image_size', 'resize_size', '
 MODEL_POSITIVE_INTS = ('patch_size', 'embed_dim', 'chunk_size', 'num_latents', 'num_layers',
                        'cross_attention_every', 'num_heads', 'mlp_ratio', 'scan_unroll',
                        'num_iterations', 'cross_attention_heads')
+
+
+# Every top-level field of a config (configs/default.py); a model's section has its model's
+# fields (`model_fields`).
+FIELDS = (
+    'model', 'dtype', 'dataset', 'data_dir', 'train_split', 'eval_split', 'test_split',
+    'resize_size', 'image_size', 'crop_padding', 'random_flip', 'mixup_alpha', 'cutmix_alpha',
+    'eval_resize_size', 'test_time_augmentation', 'seed', 'batch_size', 'eval_batch_size',
+    'num_epochs', 'num_train_steps', 'learning_rate', 'lr_schedule', 'warmup_epochs',
+    'min_learning_rate', 'weight_decay', 'weight_decay_on', 'adam_b1', 'adam_b2', 'adam_eps',
+    'grad_clip_norm', 'label_smoothing', 'skip_nonfinite_steps', 'log_every_steps',
+    'eval_every_epochs', 'checkpoint_every_steps', 'keep_checkpoints', 'num_attention_images')
+
+
+def model_fields(model: str) -> tuple[str, ...]:
+  """The hyper-parameters of `model` that a config's section sets: the module's attributes."""
+  return tuple(f.name for f in dataclasses.fields(MODELS[model])
+               if f.name not in ('num_classes', 'dtype', 'parent', 'name'))
+
+
+def missing_fields(saved: dict) -> list[str]:
+  """The fields of the current configs that `saved` (a config as a dict) lacks."""
+  missing = [f for f in FIELDS if f not in saved]
+  model = saved.get('model')
+  if model in MODELS:
+    section = saved.get(model, {})
+    missing += [f'{model}.{f}' for f in model_fields(model) if f not in section]
+  return missing
 
 
 class ConfigError(ValueError):
@@ -48,10 +79,11 @@ def _unit_interval(field: str, value) -> None:
 
 def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   """Raises ConfigError for the first invalid field."""
+  missing = missing_fields(config.to_dict())
+  if missing:
+    raise ConfigError(f'the config lacks the fields {", ".join(missing)}; start it from '
+                      'configs/default.py')
   _choice('model', config.model, sorted(MODEL_CHOICES))
-  if config.model not in config:
-    raise ConfigError(f'config.model={config.model!r} needs a config.{config.model} section with '
-                      'its hyper-parameters; start from a config in configs/')
   _choice('dataset', config.dataset, DATASETS)
   _choice('dtype', config.dtype, DTYPES)
   _choice('lr_schedule', config.lr_schedule, LR_SCHEDULES)
@@ -69,14 +101,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   for field in ('mixup_alpha', 'cutmix_alpha'):
     if not 0 <= config[field] < math.inf:
       raise ConfigError(f'--config.{field}={config[field]} must be >= 0 and finite (0: off)')
-  # .get: configs of workdirs trained before these fields existed lack them.
-  augmentation = config.get('test_time_augmentation', 'none')
+  augmentation = config.test_time_augmentation
   _choice('test_time_augmentation', augmentation, TEST_TIME_AUGMENTATIONS)
-  eval_resize_size = config.get('eval_resize_size', 0)
+  eval_resize_size = config.eval_resize_size
   if eval_resize_size and eval_resize_size < config.image_size:
     raise ConfigError(f'--config.eval_resize_size={eval_resize_size} must be 0 or >= '
                       f'--config.image_size={config.image_size} (the central crop)')
-  crop_padding = config.get('crop_padding', 0)
+  crop_padding = config.crop_padding
   if not (isinstance(crop_padding, int) and 0 <= crop_padding < config.resize_size):
     raise ConfigError(f'--config.crop_padding={crop_padding!r} must be an integer in [0, '
                       f'--config.resize_size={config.resize_size}) (reflect padding; 0: none)')
@@ -93,7 +124,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   for field in ('batch_size', 'eval_batch_size'):
     if config[field] % num_devices:
       raise ConfigError(f'--config.{field}={config[field]} must be divisible by the '
-                        f'{num_devices} local devices')
+                        f'{num_devices} devices')
 
   model = config[config.model]
   for field, allowed in MODEL_CHOICES[config.model].items():

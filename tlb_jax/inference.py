@@ -1,8 +1,9 @@
 """Inference from a trained workdir: restore, predict on image files, evaluate, draw the plots.
 
 A workdir holds everything needed: `config.json` (the run's config), `labels.json` (class
-names) and `checkpoints/` (the train state). Predictions and attention maps come from one
-jitted `predict_step`, which preprocesses exactly as `train.eval_step` does and applies the same
+names) and `checkpoints/` (the train state) or, exported by `export`, `params/` (the parameters
+alone). Predictions and attention maps come from one
+jitted `predict_step`, which preprocesses exactly as `evaluation.eval_step` does and applies the same
 model (with `return_intermediates=True` for the TLB's attention).
 
 Image files are read with Pillow: EXIF rotation applied, 16-bit and float greyscale scaled to
@@ -27,20 +28,21 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 from absl import logging
 from clu import metric_writers
 from flax import jax_utils
 from PIL import Image, ImageOps
 
-from tlb_jax import (augment, checkpointing, config_validation, input_pipeline, plots,
-                     train)
+from tlb_jax import (augment, checkpointing, config_validation, evaluation, input_pipeline,
+                     plots, run_files, train_state)
 from tlb_jax.models import create_model
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm',
                     '.pgm')
 PREDICT_BATCH = 32  # images per compiled predict call (the last batch is padded)
 TOP_K = 5
-DEFAULT_ATTENTION_IMAGES = 8  # for workdirs whose config.json predates num_attention_images
+EXPORTED_PARAMS = 'params'  # the directory `export` writes the parameters to
 
 
 class InferenceError(Exception):
@@ -65,85 +67,101 @@ class Run:
 # ----------------------------------------------------------------------------- restoring
 
 
-def plots_dir(workdir: str) -> str:
-  return os.path.join(workdir, 'plots')
-
-
 def has_attention(config: ml_collections.ConfigDict) -> bool:
   """Attention maps are the TLB's slow-stream attention; other models have none."""
   return config.model == 'tlb'
 
 
-def _read_json(workdir: str, name: str, what: str) -> Any:
-  path = os.path.join(workdir, name)
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except FileNotFoundError:
-    raise InferenceError(f'{path} is missing ({what}); is --workdir={workdir} a tlb-jax '
-                         'training workdir?') from None
-  except (OSError, ValueError) as e:
-    raise InferenceError(f'cannot read {path}: {e}') from None
-
-
-def check_workdir(workdir: str) -> None:
-  if not os.path.isdir(workdir):
-    raise InferenceError(f'--workdir={workdir} does not exist; pass the workdir of a training run')
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a workdir was trained with (`config.json`)."""
-  check_workdir(workdir)
-  return ml_collections.ConfigDict(_read_json(workdir, 'config.json', 'the run\'s config'))
-
-
-def load_class_names(workdir: str) -> tuple[str, ...]:
-  names = _read_json(workdir, 'labels.json', 'the class names').get('class_names')
-  if not names:
-    raise InferenceError(f'{os.path.join(workdir, "labels.json")} has no class_names')
-  return tuple(names)
-
-
 def restore(workdir: str, config: ml_collections.ConfigDict | None = None) -> Run:
-  """Restores the latest readable checkpoint of `workdir`.
+  """Restores the parameters of `workdir`: its latest readable checkpoint, or the parameters an
+  `export` wrote.
 
   Args:
-    workdir: a training workdir.
+    workdir: a training workdir, or a directory written by `export`.
     config: the run's config; by default the workdir's config.json. A config passed here must
       describe the same model (it may change data or batch fields).
 
   Raises:
-    InferenceError: no workdir, no config.json/labels.json, or no readable checkpoint.
+    InferenceError: no readable checkpoint or parameters.
+    run_files.WorkdirError: no workdir, or no usable config.json / labels.json.
   """
-  check_workdir(workdir)
-  config = config if config is not None else load_config(workdir)
-  class_names = load_class_names(workdir)
+  run_files.check_workdir(workdir)
+  config = config if config is not None else run_files.load_config(workdir)
+  class_names = run_files.load_class_names(workdir)
+  try:
+    model = create_model(config, len(class_names))
+  except (ValueError, TypeError) as e:
+    raise InferenceError(f'cannot build the model of {workdir}: {e}') from None
+  exported = os.path.join(os.path.abspath(workdir), EXPORTED_PARAMS)
+  if os.path.isdir(exported):
+    params, step = _restore_exported(exported, model, config)
+  else:
+    params, step = _restore_checkpoint(workdir, model, config)
+  return Run(config=config, class_names=class_names, model=model, params=params, step=step)
+
+
+def _abstract_params(model, config: ml_collections.ConfigDict):
+  return jax.eval_shape(
+      lambda rng: train_state.create_train_state(
+          rng, model, config.image_size, optax.identity()).params, jax.random.PRNGKey(0))
+
+
+def _restore_exported(directory: str, model, config: ml_collections.ConfigDict):
+  """(params, step) from `export`'s directory."""
+  abstract = {'params': _abstract_params(model, config),
+              'step': jax.ShapeDtypeStruct((), np.int32)}
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      restored = checkpointer.restore(directory, abstract)
+  except Exception as e:  # pylint: disable=broad-except
+    cause = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+    raise InferenceError(f'cannot restore the parameters in {directory} into this '
+                         f'{config.model} ({cause}); were they exported with this config?'
+                         ) from None
+  return restored['params'], int(restored['step'])
+
+
+def _restore_checkpoint(workdir: str, model, config: ml_collections.ConfigDict):
+  """(params, step) of the latest readable checkpoint in `workdir`."""
   checkpoint_dir = os.path.join(workdir, 'checkpoints')
   train_hint = f'train first: python main.py --config=... --workdir={workdir}'
   if not os.path.isdir(checkpoint_dir) or not os.listdir(checkpoint_dir):
     raise InferenceError(f'{workdir} has no checkpoint; {train_hint}')
-  try:
-    model = create_model(config, len(class_names))
-  except ValueError as e:
-    raise InferenceError(f'cannot build the model of {workdir}: {e}') from None
   # Only the state's structure, shapes and dtypes matter for a restore; any schedule will do.
-  tx = train.create_optimizer(config, optax.constant_schedule(config.learning_rate))
+  tx = train_state.create_optimizer(config, optax.constant_schedule(config.learning_rate))
   template = jax.eval_shape(
-      lambda rng: train.create_train_state(rng, model, config.image_size, tx),
+      lambda rng: train_state.create_train_state(rng, model, config.image_size, tx),
       jax.random.PRNGKey(0))
-  checkpoints = checkpointing.Checkpoints(workdir, config)
-  try:
+  with checkpointing.Checkpoints(workdir, config) as checkpoints:
     if checkpoints.manager.latest_step() is None:
       raise InferenceError(f'{workdir} has no checkpoint; {train_hint}')
-    state = checkpoints.restore_latest(template)
-  except checkpointing.CheckpointError:
-    raise InferenceError(f'no checkpoint in {checkpoint_dir} can be restored into this '
-                         f'{config.model} (see the warnings above); was it trained with this '
-                         'config?') from None
-  finally:
-    checkpoints.close()
-  return Run(config=config, class_names=class_names, model=model, params=state.params,
-             step=int(state.step))
+    try:
+      state = checkpoints.restore_latest(template)
+    except checkpointing.CheckpointError:
+      raise InferenceError(f'no checkpoint in {checkpoint_dir} can be restored into this '
+                           f'{config.model} (see the warnings above); was it trained with this '
+                           'config?') from None
+  return state.params, int(state.step)
+
+
+def export(workdir: str, output: str, config: ml_collections.ConfigDict | None = None) -> str:
+  """Writes the parameters of `workdir`'s latest checkpoint (no optimizer state) with its
+  config.json, labels.json and results.json to `output`, a directory that eval and predict
+  accept as a workdir; returns `output`."""
+  run = restore(workdir, config)
+  if os.path.exists(os.path.join(output, EXPORTED_PARAMS)):
+    raise InferenceError(f'{output} already holds exported parameters; choose another --output')
+  config_validation.check_workdir_writable(output)
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(os.path.join(os.path.abspath(output), EXPORTED_PARAMS),
+                      {'params': run.params, 'step': np.int32(run.step)})
+  run_files.write_config(output, run.config)
+  run_files.write_labels(output, run.class_names)
+  if os.path.exists(run_files.results_path(workdir)):
+    results = run_files.load_results(workdir)
+    if results.get('step') == run.step:
+      run_files.update_results(output, results)
+  return output
 
 
 # ----------------------------------------------------------------------------- prediction
@@ -151,7 +169,7 @@ def restore(workdir: str, config: ml_collections.ConfigDict | None = None) -> Ru
 
 def predict_step(params, images, *, apply_fn, image_size: int, with_attention: bool,
                  resize_size: int = 0, augmentation: str = 'none', padding: int = 0):
-  """Class probabilities of uint8 images, preprocessed and scored as `train.eval_step` does
+  """Class probabilities of uint8 images, preprocessed and scored as `evaluation.eval_step` does
   (the mean logits of the `augment.eval_views` of `augmentation`).
 
   Returns:
@@ -171,10 +189,10 @@ def predict_step(params, images, *, apply_fn, image_size: int, with_attention: b
     num_views = views.shape[0]
     logits = central_logits.astype(jnp.float32)
     if num_views > 1:
-      logits = (logits + (num_views - 1) * train.eval_logits(apply_fn, params, views[1:])
+      logits = (logits + (num_views - 1) * evaluation.eval_logits(apply_fn, params, views[1:])
                 ) / num_views
   else:
-    logits = train.eval_logits(apply_fn, params, views)
+    logits = evaluation.eval_logits(apply_fn, params, views)
   outputs['probabilities'] = jax.nn.softmax(logits, axis=-1)
   return outputs
 
@@ -193,7 +211,7 @@ def make_predict_fn(model, config: ml_collections.ConfigDict, with_attention: bo
   """jit(predict_step) for `model`: fn(params, uint8 images (B, h, w, 3)) -> dict."""
   return functools.partial(_jitted_predict_step, model=model, image_size=config.image_size,
                            with_attention=with_attention,
-                           **train.eval_view_args(config, test_time=True))
+                           **evaluation.eval_view_args(config, test_time=True))
 
 
 def predict(predict_fn, params, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -377,38 +395,22 @@ def evaluate_checkpoint(workdir: str,
     raise InferenceError('--mode=eval tests on --config.test_split, which is empty; pass '
                          '--config.test_split=test (or another split)')
   test = input_pipeline.load_split(builder, config.test_split)
-  p_eval_step = jax.pmap(train.make_eval_step(config, run.model, test_time=True),
+  p_eval_step = jax.pmap(evaluation.make_eval_step(config, run.model, test_time=True),
                          axis_name='batch')
   start = time.time()
-  metrics = train.evaluate(p_eval_step, jax_utils.replicate(run.params), test,
-                           config.eval_batch_size)
+  metrics = evaluation.evaluate(p_eval_step, jax_utils.replicate(run.params), test,
+                                config.eval_batch_size)
   seconds = time.time() - start
   try:
     steps_per_epoch = builder.info.splits[config.train_split].num_examples // config.batch_size
   except (KeyError, ValueError, AssertionError):
     steps_per_epoch = 0
-  results = {
-      'model': config.model,
-      'dataset': config.dataset,
-      'test_split': config.test_split,
-      'test_views': train.eval_view_args(config, test_time=True),
-      'step': run.step,
-      'epochs': run.step / steps_per_epoch if steps_per_epoch else None,
-      'num_params': int(sum(x.size for x in jax.tree.leaves(run.params))),
-      **train.results_of_test(metrics, seconds),
-  }
-  path = os.path.join(workdir, 'results.json')
-  if os.path.exists(path):
-    try:
-      with open(path) as f:
-        previous = json.load(f)
-    except (OSError, ValueError):
-      previous = {}
-    if previous.get('step') == run.step:
-      results = {**previous, **results}
-  if jax.process_index() == 0:
-    train._write_json(path, results)  # pylint: disable=protected-access
-  return results
+  num_params = sum(x.size for x in jax.tree.leaves(run.params))
+  return run_files.update_results(workdir, {
+      **run_files.run_fields(config, run.step, steps_per_epoch, num_params),
+      **evaluation.results_of_test(metrics, seconds),
+      'test_views': evaluation.eval_view_args(config, test_time=True),
+  })
 
 
 # ----------------------------------------------------------------------------- plots
@@ -424,7 +426,7 @@ def write_curves(workdir: str, config: ml_collections.ConfigDict | None = None) 
   title = f'{config.model} on {config.dataset}' if config is not None else ''
   picture = plots.plot_curves(curves, title=title,
                               test_accuracy=test[max(test)] if test else None)
-  path = os.path.join(plots_dir(workdir), 'curves.png')
+  path = os.path.join(run_files.plots_dir(workdir), 'curves.png')
   plots.save_png(picture, path)
   return path
 
@@ -438,7 +440,7 @@ def write_attention(config: ml_collections.ConfigDict, workdir: str, model, para
   Returns:
     The PNG's path.
   """
-  count = min(config.get('num_attention_images', DEFAULT_ATTENTION_IMAGES), len(split))
+  count = min(config.num_attention_images, len(split))
   outputs = predict(make_predict_fn(model, config, with_attention=True), params,
                     split.images[:count])
   maps = upsampled_attention(config, outputs['attention'])
@@ -447,7 +449,7 @@ def write_attention(config: ml_collections.ConfigDict, workdir: str, model, para
       [class_names[i] for i in split.labels[:count]], [class_names[i] for i in predicted],
       outputs['probabilities'].max(-1))
   picture = plots.plot_attention_grid(outputs['images'], maps, titles, colors)
-  path = os.path.join(plots_dir(workdir), 'attention.png')
+  path = os.path.join(run_files.plots_dir(workdir), 'attention.png')
   plots.save_png(picture, path)
   if writer is not None:
     writer.write_images(step, {'attention': picture[None]})
@@ -463,8 +465,7 @@ def write_run_plots(config: ml_collections.ConfigDict, workdir: str, model, para
   run's results are already saved."""
   try:
     paths = [write_curves(workdir, config)]
-    if has_attention(config) and config.get('num_attention_images',
-                                            DEFAULT_ATTENTION_IMAGES) > 0:
+    if has_attention(config) and config.num_attention_images > 0:
       paths.append(write_attention(config, workdir, model, params, images, class_names,
                                    writer, step))
     logging.info('Plots: %s', ', '.join(paths))
@@ -481,10 +482,10 @@ def write_plots(workdir: str, config: ml_collections.ConfigDict | None = None) -
   Returns:
     The paths written.
   """
-  check_workdir(workdir)
-  config = config if config is not None else load_config(workdir)
+  run_files.check_workdir(workdir)
+  config = config if config is not None else run_files.load_config(workdir)
   paths = [write_curves(workdir, config)]
-  if has_attention(config) and config.get('num_attention_images', DEFAULT_ATTENTION_IMAGES) > 0:
+  if has_attention(config) and config.num_attention_images > 0:
     run = restore(workdir, config)
     builder = input_pipeline.get_builder(config)
     images = input_pipeline.load_split(builder, input_pipeline.picture_split(config))

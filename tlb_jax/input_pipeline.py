@@ -6,12 +6,14 @@ Augmentation is not done here: it runs on the accelerator inside the jitted step
 
 import dataclasses
 import os
+import socket
 from collections.abc import Iterator
 
 import jax
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 
 DATASETS = ('cifar10', 'cifar100')
 # Used when a prepared TFDS dir was copied without its label files and TFDS names classes '0'..'9'.
@@ -48,14 +50,30 @@ class Dataset:
     return self.test if self.test is not None else self.eval
 
 
+# Where TFDS downloads CIFAR from: checked before a download, so that a machine without a network
+# stops in seconds instead of waiting for TFDS's retries.
+DOWNLOAD_HOST = ('www.cs.toronto.edu', 443)
+REACHABLE_TIMEOUT_S = 3.0
+
+
 def _prepare_hint(config) -> str:
   return (f'prepare it on a machine with a network (`tfds build {config.dataset} '
-          f'--data_dir=DIR`, or run once with --config.download=True), copy DIR here and pass '
-          f'--config.data_dir=DIR')
+          '--data_dir=DIR`), copy DIR here and pass --config.data_dir=DIR')
+
+
+def can_reach(address: tuple[str, int] = DOWNLOAD_HOST,
+              timeout_s: float = REACHABLE_TIMEOUT_S) -> bool:
+  """Whether a TCP connection to `address` opens within `timeout_s`."""
+  try:
+    with socket.create_connection(address, timeout=timeout_s):
+      return True
+  except OSError:
+    return False
 
 
 def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
-  """Returns a prepared TFDS builder for `config.dataset`, or raises DataError."""
+  """Returns a prepared TFDS builder for `config.dataset`, downloading and preparing it first if
+  it is missing and the download site can be reached; else raises DataError."""
   if config.dataset not in DATASETS:
     raise DataError(f'config.dataset must be one of {DATASETS}, got {config.dataset!r}')
   data_dir = config.data_dir
@@ -65,9 +83,10 @@ def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   if builder.is_prepared():
     return builder
   where = data_dir or tfds.core.constants.DATA_DIR
-  if not config.download:
-    raise DataError(f'{config.dataset} is not prepared in {where} and --config.download=False; '
-                    f'{_prepare_hint(config)}')
+  if not can_reach():
+    raise DataError(f'{config.dataset} is not prepared in {where} and {DOWNLOAD_HOST[0]} cannot '
+                    f'be reached to download it; {_prepare_hint(config)}')
+  logging.info('%s is not prepared in %s: downloading and preparing it', config.dataset, where)
   try:
     builder.download_and_prepare()
   except Exception as e:  # pylint: disable=broad-except
@@ -141,9 +160,10 @@ def train_batches(split: Split, batch_size: int, seed: int,
   while True:
     order = epoch_permutation(len(split), seed, epoch)
     for step in range(offset, steps_per_epoch):
-      indices = _host_slice(order[step * batch_size:(step + 1) * batch_size])
       # Sorted gathers read memory in order; the batch's order does not matter to the step.
-      indices = np.sort(indices)
+      # Sorting the global batch before taking this process's slice gives every device the
+      # same examples whatever the number of processes (and so the same augmentation draws).
+      indices = _host_slice(np.sort(order[step * batch_size:(step + 1) * batch_size]))
       yield {'image': split.images[indices], 'label': split.labels[indices]}
     epoch, offset = epoch + 1, 0
 

@@ -1,4 +1,4 @@
-"""Training and evaluation loop: pmap data parallelism, clu metrics, Orbax checkpoints.
+"""Training loop: pmap data parallelism, clu metrics, Orbax checkpoints, TensorBoard.
 
 The steps are pure functions of (state, batch); everything random is derived from the state's
 `rng` and step, and the data order from (seed, epoch), so a resumed run replays exactly the
@@ -7,7 +7,6 @@ batches and dropout masks an uninterrupted one would have used.
 
 import contextlib
 import functools
-import json
 import os
 import signal
 import threading
@@ -18,20 +17,17 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from absl import logging
 from clu import metric_writers, metrics, parameter_overview, periodic_actions
 from flax import jax_utils
-from flax.training import train_state
 
-from tlb_jax import augment, checkpointing, config_validation, input_pipeline
+from tlb_jax import (augment, checkpointing, config_validation, evaluation, inference,
+                     input_pipeline, run_files)
 from tlb_jax.models import create_model
-
-
-class TrainState(train_state.TrainState):
-  """Flax TrainState plus the base PRNG key (raw uint32 key data, so Orbax can store it)."""
-
-  rng: jax.Array
+from tlb_jax.train_state import (TrainState, create_learning_rate_fn, create_optimizer,
+                                 create_train_state)
 
 
 @flax.struct.dataclass
@@ -41,70 +37,6 @@ class TrainMetrics(metrics.Collection):
   top5_accuracy: metrics.Average.from_output('top5_correct')
   learning_rate: metrics.LastValue.from_output('learning_rate')
   nonfinite_steps: metrics.Average.from_output('nonfinite')  # fraction of steps
-
-
-@flax.struct.dataclass
-class EvalMetrics(metrics.Collection):
-  loss: metrics.Average.from_output('loss')
-  accuracy: metrics.Accuracy
-  top5_accuracy: metrics.Average.from_output('top5_correct')
-
-
-def create_learning_rate_fn(config: ml_collections.ConfigDict,
-                            steps_per_epoch: int, total_steps: int) -> optax.Schedule:
-  """'constant' (the seed) or linear warmup then cosine decay to `min_learning_rate`."""
-  if config.lr_schedule == 'constant':
-    return optax.constant_schedule(config.learning_rate)
-  warmup_steps = min(int(config.warmup_epochs * steps_per_epoch), total_steps - 1)
-  return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=config.learning_rate, warmup_steps=warmup_steps,
-      decay_steps=total_steps, end_value=config.min_learning_rate)
-
-
-def weight_decay_mask(params) -> Any:
-  """True for the matrices and kernels that weight decay should shrink: not biases, norms,
-  position embeddings or the initial slow stream."""
-  def decays(path, param):
-    name = jax.tree_util.keystr(path)
-    # DenseGeneral biases are (H, Dh) or (3, H, Dh): the name, not ndim, tells them apart.
-    return (param.ndim > 1 and not name.endswith("['bias']")
-            and 'position_embedding' not in name and 'initial_' not in name)
-  return jax.tree_util.tree_map_with_path(decays, params)
-
-
-def create_optimizer(config: ml_collections.ConfigDict,
-                     learning_rate_fn: optax.Schedule) -> optax.GradientTransformation:
-  """AdamW, optionally with global-norm gradient clipping and decay on kernels only."""
-  mask = None if config.weight_decay_on == 'all' else weight_decay_mask
-  adamw = optax.adamw(learning_rate_fn, b1=config.adam_b1, b2=config.adam_b2,
-                      weight_decay=config.weight_decay, mask=mask)
-  if config.grad_clip_norm > 0:
-    return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adamw)
-  return adamw
-
-
-def create_train_state(rng, model, image_size: int,
-                       tx: optax.GradientTransformation) -> TrainState:
-  """Initializes parameters (float32) and optimizer state at step 0."""
-  init_rng, state_rng = jax.random.split(rng)
-  dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-  params = jax.jit(functools.partial(model.init, train=False))(init_rng, dummy)['params']
-  return TrainState.create(apply_fn=model.apply, params=params, tx=tx, rng=state_rng)
-
-
-def cross_entropy_loss(logits, labels, label_smoothing: float = 0.0):
-  """Per-example softmax cross-entropy in float32: logits (B, K), labels (B,) -> (B,)."""
-  logits = logits.astype(jnp.float32)
-  targets = jax.nn.one_hot(labels, logits.shape[-1])
-  if label_smoothing:
-    targets = optax.smooth_labels(targets, label_smoothing)
-  return optax.softmax_cross_entropy(logits, targets)
-
-
-def top5_correct(logits, labels):
-  """(B, K), (B,) -> (B,) float32, 1 where the label is among the 5 largest logits."""
-  k = min(5, logits.shape[-1])
-  return jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1).astype(jnp.float32)
 
 
 def train_step(state: TrainState, batch, *, learning_rate_fn, resize_size: int,
@@ -145,44 +77,24 @@ def train_step(state: TrainState, batch, *, learning_rate_fn, resize_size: int,
   def loss_fn(params):
     logits = state.apply_fn({'params': params}, images, train=True,
                             rngs={'dropout': dropout_rng})
-    losses = cross_entropy_loss(logits, labels, label_smoothing)
+    losses = evaluation.cross_entropy_loss(logits, labels, label_smoothing)
     if mixing:
       losses = (own_label_weight * losses + (1.0 - own_label_weight)
-                * cross_entropy_loss(logits, augment.partners(labels), label_smoothing))
+                * evaluation.cross_entropy_loss(logits, augment.partners(labels), label_smoothing))
     return losses.mean(), (losses, logits)
 
   grads, (losses, logits) = jax.grad(loss_fn, has_aux=True)(state.params)
   grads = jax.lax.pmean(grads, axis_name='batch')
-  finite = (jnp.isfinite(optax.global_norm(grads))
+  finite = (jnp.isfinite(optax.tree.norm(grads))
             & jnp.isfinite(jax.lax.pmean(losses.mean(), axis_name='batch')))
   new_state = state.apply_gradients(grads=grads)
   if skip_nonfinite_steps:
     skipped = state.replace(step=new_state.step)
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, skipped)
   step_metrics = TrainMetrics.gather_from_model_output(
-      loss=losses, logits=logits, labels=labels, top5_correct=top5_correct(logits, labels),
+      loss=losses, logits=logits, labels=labels, top5_correct=evaluation.top5_correct(logits, labels),
       learning_rate=learning_rate_fn(state.step), nonfinite=1.0 - finite.astype(jnp.float32))
   return new_state, step_metrics
-
-
-def eval_logits(apply_fn, params, views):
-  """Float32 logits (B, num_classes): the mean over views (V, B, S, S, 3) from
-  `augment.eval_views` of the model's logits (one view: that view's logits)."""
-  # lax.map traces the model once and keeps one view's activations alive at a time.
-  logits = jax.lax.map(lambda images: apply_fn({'params': params}, images, train=False), views)
-  return logits.astype(jnp.float32).mean(axis=0)
-
-
-def eval_step(params, batch, *, apply_fn, image_size: int, resize_size: int = 0,
-              augmentation: str = 'none', padding: int = 0):
-  """Metrics of a padded per-device batch; padding (mask False) does not count. `padding` is
-  the views' reflect padding (`augment.eval_views`), not the batch's."""
-  views = augment.eval_views(batch['image'], image_size=image_size, resize_size=resize_size,
-                             augmentation=augmentation, padding=padding)
-  logits = eval_logits(apply_fn, params, views)
-  return EvalMetrics.gather_from_model_output(
-      loss=cross_entropy_loss(logits, batch['label']), logits=logits, labels=batch['label'],
-      top5_correct=top5_correct(logits, batch['label']), mask=batch['mask'])
 
 
 class Interrupted(Exception):
@@ -224,52 +136,112 @@ def make_train_step(config: ml_collections.ConfigDict, learning_rate_fn: optax.S
       cutmix_alpha=config.cutmix_alpha, skip_nonfinite_steps=config.skip_nonfinite_steps)
 
 
-def make_eval_step(config: ml_collections.ConfigDict, model, test_time: bool = False):
-  """`eval_step` with the model and input size bound; pmap it over axis 'batch'. With
-  `test_time`, it averages the views of `config.test_time_augmentation` (final evaluations);
-  without, it scores the central view only (the cheap per-epoch validation)."""
-  return functools.partial(eval_step, apply_fn=model.apply, image_size=config.image_size,
-                           **eval_view_args(config, test_time))
+# `LoopCarry.first_nonfinite` while every step so far was finite: a step no run reaches.
+NO_STEP = int(np.iinfo(np.int32).max)
 
 
-def eval_view_args(config: ml_collections.ConfigDict, test_time: bool) -> dict[str, Any]:
-  """`augment.eval_views` keyword arguments of `config`. Workdirs trained before the eval
-  fields existed have none of them in config.json: they evaluate as they did then."""
-  return {'resize_size': config.get('eval_resize_size', 0),
-          'augmentation': config.get('test_time_augmentation', 'none') if test_time else 'none',
-          'padding': config.get('crop_padding', 0)}
+@flax.struct.dataclass
+class LoopCarry:
+  """What the loop accumulates on the devices between two reads on the host: the training
+  metrics since the last log point, the first step whose loss or gradient was not finite
+  (`NO_STEP` if none was), and the number of a signal that asked any process to stop (0 if
+  none did), so that every process of a run stops at the same step."""
+
+  metrics: TrainMetrics
+  first_nonfinite: jax.Array
+  stop_signal: jax.Array
 
 
-def evaluate(p_eval_step, params, split: input_pipeline.Split,
-             batch_size: int) -> dict[str, float]:
-  """Evaluates replicated `params` on every example of `split` once."""
-  num_devices = jax.local_device_count()
-  collected = None
-  for batch in input_pipeline.eval_batches(split, batch_size):
-    update = jax_utils.unreplicate(p_eval_step(params, input_pipeline.shard(batch, num_devices)))
-    collected = update if collected is None else collected.merge(update)
-  result = {k: float(v) for k, v in collected.compute().items()}
-  result['examples'] = int(collected.accuracy.count)
-  return result
+def empty_carry() -> LoopCarry:
+  """A `LoopCarry` of no steps, replicated on the local devices like the train state."""
+  carry = LoopCarry(metrics=TrainMetrics.empty(),
+                    first_nonfinite=jnp.asarray(NO_STEP, jnp.int32),
+                    stop_signal=jnp.asarray(0, jnp.int32))
+  return jax_utils.replicate(carry, axis_name='batch')
 
 
-def _write_json(path: str, payload: dict) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(payload, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+def with_stop_signal(batches, stop: list, num_devices: int):
+  """Sharded `batches`, each with 'stop': (num_devices,) int32, the first signal in `stop` when
+  the batch was made (0: none), for the loop step to share with every process."""
+  for batch in batches:
+    yield {**batch, 'stop': np.full((num_devices,), stop[0] if stop else 0, np.int32)}
 
 
-def results_of_test(metrics: dict[str, Any], seconds: float) -> dict[str, Any]:
-  """results.json's test fields from `evaluate`'s metrics on the test split and its duration."""
-  return {
-      'test_top1': metrics['accuracy'],
-      'test_top5': metrics['top5_accuracy'],
-      'test_loss': metrics['loss'],
-      'test_examples': metrics['examples'],
-      'test_wall_time_s': seconds,
-      'test_images_per_s': metrics['examples'] / seconds,
-  }
+def make_loop_step(config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule):
+  """The loop's step, pmapped over 'batch': (state, carry, batch) -> (state, carry).
+
+  `train_step`, whose metrics are merged into the replicated `LoopCarry` on the devices, so
+  that the host dispatches step after step without reading any of their results. A batch's
+  optional 'stop' (`with_stop_signal`) goes into the carry's `stop_signal`, the largest over
+  every device of every process. The state is donated; the carry is not (a carry taken at a
+  log point stays readable while later steps run).
+  """
+  step_fn = make_train_step(config, learning_rate_fn)
+
+  def loop_step(state, carry, batch):
+    batch = dict(batch)
+    stop_signal = batch.pop('stop', jnp.zeros((), jnp.int32))
+    new_state, step_metrics = step_fn(state, batch)
+    nonfinite = step_metrics.nonfinite_steps.total > 0
+    first = jnp.minimum(carry.first_nonfinite,
+                        jnp.where(nonfinite, state.step + 1, NO_STEP).astype(jnp.int32))
+    merged = LoopCarry(metrics=carry.metrics.merge(step_metrics), first_nonfinite=first,
+                       stop_signal=jnp.maximum(carry.stop_signal,
+                                               jax.lax.pmax(stop_signal, axis_name='batch')))
+    # The input's dtypes, so that the carry's signature never changes and the step compiles once.
+    return new_state, jax.tree.map(lambda new, old: new.astype(old.dtype), merged, carry)
+
+  return jax.pmap(loop_step, axis_name='batch', donate_argnums=(0,))
+
+
+def dispatch_steps(p_loop_step, state, carry: LoopCarry, batches, step: int, until: int,
+                   stop: list, report_progress=None):
+  """Dispatches the steps after `step` up to `until` (at least one; fewer once `stop` holds a
+  signal) and returns (state, carry, the last step dispatched).
+
+  Reads no device value on the host, so it returns without waiting for the steps to run: the
+  loop's reads (`fetch`) happen only at the points `next_check` names.
+  """
+  while True:
+    step += 1
+    with jax.profiler.StepTraceAnnotation('train', step_num=step):
+      state, carry = p_loop_step(state, carry, next(batches))
+    if report_progress is not None:
+      report_progress(step)
+    if step >= until or stop:
+      return state, carry, step
+
+
+def next_check(step: int, total_steps: int, every: tuple[int, ...]) -> int:
+  """The first step after `step` that is a multiple of one of `every` (zeros ignored), or
+  `total_steps` if that comes first: where the loop next reads the carry."""
+  return min([total_steps] + [(step // e + 1) * e for e in every if e > 0])
+
+
+def fetch(carry: LoopCarry) -> LoopCarry:
+  """The carry on the host (the first device's copy; the replicas are equal); waits for the
+  step that produced it."""
+  return jax.tree.map(lambda x: np.asarray(x)[0], carry)
+
+
+def check_finite(first_nonfinite: int, checkpoints: checkpointing.Checkpoints,
+                 skip_nonfinite_steps: bool) -> None:
+  """Raises DivergenceError if a step was not finite (unless those steps are skipped)."""
+  if skip_nonfinite_steps or first_nonfinite == NO_STEP:
+    return
+  latest = checkpoints.latest_saved_step()
+  kept = 'none yet' if latest is None else f'step {latest}'
+  raise DivergenceError(
+      f'the loss or gradient is not finite at step {first_nonfinite}; nothing was saved after '
+      f'it (last good checkpoint: {kept}). Lower --config.learning_rate, set '
+      '--config.grad_clip_norm, or pass --config.skip_nonfinite_steps=True, then run the same '
+      'command to resume')
+
+
+def _write_train_scalars(writer, step: int, steps_per_epoch: int, metrics: TrainMetrics):
+  scalars = {k: float(v) for k, v in metrics.compute().items()}
+  scalars['epoch'] = step / steps_per_epoch
+  writer.write_scalars(step, {f'train_{k}': v for k, v in scalars.items()})
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -284,7 +256,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Returns:
     The contents of `workdir/results.json`.
   """
-  config_validation.validate(config, jax.local_device_count())
+  config_validation.validate(config, jax.device_count())  # every process's devices
   config_validation.check_workdir_writable(workdir)
   if fresh:
     checkpointing.start_fresh(workdir)
@@ -302,21 +274,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   learning_rate_fn = create_learning_rate_fn(config, steps_per_epoch, total_steps)
   state = create_train_state(jax.random.PRNGKey(config.seed), model, config.image_size,
                              create_optimizer(config, learning_rate_fn))
-
-  checkpoints = checkpointing.Checkpoints(workdir, config)
-  try:
+  with checkpointing.Checkpoints(workdir, config) as checkpoints:
     state = checkpoints.restore_latest(state)
-  except checkpointing.CheckpointError:
-    checkpoints.close()
-    raise
-  start_step = int(state.step)
+    return _train_and_test(config, workdir, data, model, state, checkpoints, learning_rate_fn,
+                           steps_per_epoch, total_steps)
 
+
+def _train_and_test(config, workdir, data, model, state, checkpoints, learning_rate_fn,
+                    steps_per_epoch: int, total_steps: int) -> dict[str, Any]:
+  """`train_and_evaluate` from the restored `state` on: the loop, the final evaluations,
+  results.json and the plots."""
+  start_step = int(state.step)
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0, asynchronous=False)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
-  if jax.process_index() == 0:
-    _write_json(os.path.join(workdir, 'config.json'), config.to_dict())
-    _write_json(os.path.join(workdir, 'labels.json'), {'class_names': list(data.class_names)})
+  run_files.write_config(workdir, config)
+  run_files.write_labels(workdir, data.class_names)
   if start_step == 0:
     parameter_overview.log_parameter_overview(state.params)
     writer.write_hparams(config_validation.flatten(config))
@@ -326,13 +299,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                start_step)
 
   num_devices = jax.local_device_count()
-  p_train_step = jax.pmap(make_train_step(config, learning_rate_fn), axis_name='batch',
-                          donate_argnums=(0,))
-  p_eval_step = jax.pmap(make_eval_step(config, model), axis_name='batch')
-  final_views = eval_view_args(config, test_time=True)  # the final validation's and the test's
+  p_loop_step = make_loop_step(config, learning_rate_fn)
+  p_eval_step = jax.pmap(evaluation.make_eval_step(config, model), axis_name='batch')
+  final_views = evaluation.eval_view_args(config, test_time=True)  # final validation and test
   tta = final_views['augmentation'] != 'none'
-  p_final_eval_step = (jax.pmap(make_eval_step(config, model, test_time=True), axis_name='batch')
-                       if tta else p_eval_step)
+  p_final_eval_step = (jax.pmap(evaluation.make_eval_step(config, model, test_time=True),
+                                axis_name='batch') if tta else p_eval_step)
 
   eval_every_steps = config.eval_every_epochs * steps_per_epoch
   # Replicate onto the pmap's own axis name: the steps' outputs then have the sharding of
@@ -342,70 +314,88 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   eval_seconds = 0.0
   final_eval = None
   if start_step < total_steps:
-    batches = jax_utils.prefetch_to_device(
-        (input_pipeline.shard(b, num_devices) for b in input_pipeline.train_batches(
-            data.train, config.batch_size, config.seed, start_step)), 2)
     report_progress = periodic_actions.ReportProgress(num_train_steps=total_steps,
                                                       writer=writer)
-    train_metrics = None
+    # The host reads the carry only at these multiples (and at the last step): a log point that
+    # is nothing else is read while the next step runs; every other point (each one saves a
+    # checkpoint) is read, and checked for non-finite steps, before its save.
+    every = (config.log_every_steps, steps_per_epoch, config.checkpoint_every_steps,
+             eval_every_steps)
+    empty = empty_carry()
+    carry = empty
+    pending = None  # (step, carry) of a log point, copying to the host while later steps run
+    step = start_step
+    # A single process stops after the step a signal arrived in. The processes of a
+    # multi-process run stop together: at the first read of a carry that holds a signal any of
+    # them received.
+    alone = jax.process_count() == 1
     with stop_requests() as stop:
-      for step in range(start_step + 1, total_steps + 1):
-        with jax.profiler.StepTraceAnnotation('train', step_num=step):
-          state, update = p_train_step(state, next(batches))
-        update = jax_utils.unreplicate(update)
-        if not config.skip_nonfinite_steps and update.nonfinite_steps.compute() > 0:
-          checkpoints.close()
-          latest = checkpoints.manager.latest_step()
-          kept = 'none yet' if latest is None else f'step {latest}'
-          raise DivergenceError(
-              f'the loss or gradient is not finite at step {step}; nothing was saved after it '
-              f'(last good checkpoint: {kept}). Lower --config.learning_rate, set '
-              '--config.grad_clip_norm, or pass --config.skip_nonfinite_steps=True, then run '
-              'the same command to resume')
-        train_metrics = update if train_metrics is None else train_metrics.merge(update)
-        report_progress(step)
+      batches = jax_utils.prefetch_to_device(with_stop_signal(
+          (input_pipeline.shard(b, num_devices) for b in input_pipeline.train_batches(
+              data.train, config.batch_size, config.seed, start_step)), stop, num_devices), 2)
+      stop_now = stop if alone else []  # ends a dispatch early
+      while step < total_steps:
+        until = next_check(step, total_steps, every)
+        state, carry, step = dispatch_steps(p_loop_step, state, carry, batches, step,
+                                            step + 1 if pending else until, stop_now,
+                                            report_progress)
+        signum = 0
+        if pending:
+          logged_step, logged = pending
+          pending = None
+          logged = fetch(logged)
+          check_finite(int(logged.first_nonfinite), checkpoints, config.skip_nonfinite_steps)
+          _write_train_scalars(writer, logged_step, steps_per_epoch, logged.metrics)
+          signum = int(logged.stop_signal)
+          if step < until and not (stop_now or signum):
+            state, carry, step = dispatch_steps(p_loop_step, state, carry, batches, step, until,
+                                                stop_now, report_progress)
+        if stop_now:
+          signum = stop_now[0]
         last = step == total_steps
         epoch_end = step % steps_per_epoch == 0
-        if step % config.log_every_steps == 0 or epoch_end or last:
-          scalars = train_metrics.compute()
-          scalars['epoch'] = step / steps_per_epoch
-          writer.write_scalars(step, {f'train_{k}': v for k, v in scalars.items()})
-          train_metrics = None
-        if data.eval is not None and (
-            (eval_every_steps > 0 and step % eval_every_steps == 0) or last):
+        log = step % config.log_every_steps == 0 or epoch_end or last
+        evaluate = data.eval is not None and (
+            (eval_every_steps > 0 and step % eval_every_steps == 0) or last)
+        save = (step % config.checkpoint_every_steps == 0 or epoch_end or last
+                or bool(signum))
+        if not (save or evaluate):  # a log point only
+          jax.tree.map(lambda x: x.copy_to_host_async(), carry)
+          pending = (step, carry)
+          carry = carry.replace(metrics=empty.metrics)
+          continue
+        fetched = fetch(carry)
+        check_finite(int(fetched.first_nonfinite), checkpoints, config.skip_nonfinite_steps)
+        signum = signum or int(fetched.stop_signal)
+        if log:
+          _write_train_scalars(writer, step, steps_per_epoch, fetched.metrics)
+          carry = carry.replace(metrics=empty.metrics)
+        if evaluate:
           eval_start = time.time()
           with report_progress.timed('eval'):
-            result = evaluate(p_eval_step, state.params, data.eval, config.eval_batch_size)
+            result = evaluation.evaluate(p_eval_step, state.params, data.eval,
+                                         config.eval_batch_size)
           eval_seconds += time.time() - eval_start
           writer.write_scalars(step, {f'eval_{k}': v for k, v in result.items()})
           if last:
             final_eval = result
-        if step % config.checkpoint_every_steps == 0 or epoch_end or last or stop:
-          checkpoints.save(step, jax_utils.unreplicate(state))
-        if stop:
-          checkpoints.close()
-          name = signal.Signals(stop[0]).name
+        if save:
+          checkpoints.save(step, checkpointing.one_copy(state))
+        if signum:
+          name = signal.Signals(signum).name
           raise Interrupted(f'{name} received: stopped at step {step} with a checkpoint in '
-                            f'{checkpoints.directory}; run the same command to resume', stop[0])
+                            f'{checkpoints.directory}; run the same command to resume', signum)
     writer.flush()
   # Validation passes are excluded; compilation and checkpoint saves are included.
   train_seconds = time.time() - train_start - eval_seconds
 
-  results_path = os.path.join(workdir, 'results.json')
-  if start_step >= total_steps and os.path.exists(results_path):
-    logging.info('Run already finished at step %d; results in %s', start_step, results_path)
-    checkpoints.close()
-    with open(results_path) as f:
-      return json.load(f)
+  if start_step >= total_steps and os.path.exists(run_files.results_path(workdir)):
+    logging.info('Run already finished at step %d; results in %s', start_step,
+                 run_files.results_path(workdir))
+    return run_files.load_results(workdir)
 
   results = {
-      'model': config.model,
-      'dataset': config.dataset,
-      'step': total_steps,
-      'epochs': total_steps / steps_per_epoch,
-      'num_params': int(num_params),
-      'eval_split': config.eval_split,
-      'test_split': config.test_split,
+      **run_files.run_fields(config, total_steps, steps_per_epoch, num_params),
       'resumed_from_step': start_step,
       'train_wall_time_s': train_seconds,
       'train_images_per_s': ((total_steps - start_step) * config.batch_size / train_seconds
@@ -413,27 +403,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   }
   if data.eval is not None:
     if final_eval is None or tta:  # no final validation yet, or not with the test-time views
-      final_eval = evaluate(p_final_eval_step, state.params, data.eval, config.eval_batch_size)
+      final_eval = evaluation.evaluate(p_final_eval_step, state.params, data.eval,
+                                       config.eval_batch_size)
     results.update(eval_top1=final_eval['accuracy'], eval_top5=final_eval['top5_accuracy'],
                    eval_loss=final_eval['loss'], eval_views=final_views)
   if data.test is not None:
     test_start = time.time()
-    test = evaluate(p_final_eval_step, state.params, data.test, config.eval_batch_size)
-    results.update(results_of_test(test, time.time() - test_start),
+    test = evaluation.evaluate(p_final_eval_step, state.params, data.test,
+                               config.eval_batch_size)
+    results.update(evaluation.results_of_test(test, time.time() - test_start),
                    test_views=final_views)
     writer.write_scalars(total_steps, {f'test_{k}': v for k, v in test.items()})
   writer.flush()
-  checkpoints.close()
+  checkpoints.wait_until_finished()
+  results = run_files.update_results(workdir, results)
   if jax.process_index() == 0:
-    _write_json(results_path, results)
-    from tlb_jax import inference  # pylint: disable=g-import-not-at-top  (it imports this module)
     inference.write_run_plots(config, workdir, model, jax_utils.unreplicate(state.params),
                               data.pictured, data.class_names, writer, total_steps)
   if data.test is None:
     logging.info('Validation: top-1 %.4f, top-5 %.4f (no test split); results in %s',
-                 results['eval_top1'], results['eval_top5'], results_path)
+                 results['eval_top1'], results['eval_top5'], run_files.results_path(workdir))
   else:
     logging.info('Test: top-1 %.4f, top-5 %.4f on %d examples; results in %s',
                  results['test_top1'], results['test_top5'], results['test_examples'],
-                 results_path)
+                 run_files.results_path(workdir))
   return results

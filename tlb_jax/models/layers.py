@@ -20,6 +20,21 @@ DROPOUT_MASK = 'dropout_mask'
 LAYER_NORM_EPSILON = 1e-5
 
 
+def kernel_init(keras_init: bool) -> nn.initializers.Initializer:
+  """Kernel initializer: Keras's default glorot_uniform, or flax's default lecun_normal.
+
+  glorot_uniform draws from U(-a, a), a = sqrt(6 / (fan_in + fan_out)); for a DenseGeneral
+  kernel flax counts the contracted axes as fan_in and the output axes as fan_out, as
+  Keras 3's EinsumDense does (its `input_axes` / `output_axes`).
+  """
+  return nn.initializers.glorot_uniform() if keras_init else nn.linear.default_kernel_init
+
+
+def keras_embedding_init(key, shape, dtype=jnp.float32):
+  """Keras `Embedding`'s default initializer, 'uniform': U(-0.05, 0.05)."""
+  return jax.random.uniform(key, shape, dtype, -0.05, 0.05)
+
+
 def resolve_dtype(name: str) -> jnp.dtype:
   """Maps a config dtype name to a jnp dtype; 'auto' is bfloat16 on GPU/TPU, float32 on CPU."""
   if name == 'auto':
@@ -55,25 +70,46 @@ class MultiHeadAttention(nn.Module):
   Self-attention (`context=None`) projects q, k and v with one matmul; cross-attention projects
   q from the queries and k, v together from the context. Softmax runs in float32.
 
+  With `fused=False` (Keras `MultiHeadAttention`'s layout) q, k and v have their own
+  projections, 'query', 'key' and 'value', each with kernel (D, H, Dh) and bias (H, Dh), so
+  keys and values may come from different inputs (`values`).
+
   Attributes:
     num_heads: H.
     head_dim: Dh; defaults to D // H.
     attention_dropout_rate: dropout on the attention probabilities.
     dtype: compute dtype (parameters stay float32).
+    fused: one projection for q, k, v (self-attention) or for k, v (cross-attention).
+    keras_init: glorot_uniform kernels (Keras's default) instead of lecun_normal.
   """
 
   num_heads: int
   head_dim: int | None = None
   attention_dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32
+  fused: bool = True
+  keras_init: bool = False
 
   @nn.compact
-  def __call__(self, queries, context=None, *, deterministic: bool):
-    """queries (B, Lq, D), context (B, Lk, D) or None -> ((B, Lq, D), weights (B, H, Lq, Lk) f32)."""
+  def __call__(self, queries, context=None, values=None, *, deterministic: bool):
+    """queries (B, Lq, D), context (B, Lk, D) or None (self-attention), values (B, Lk, D) or
+    None (the context) -> ((B, Lq, D), weights (B, H, Lq, Lk) f32).
+
+    `values` other than the context needs `fused=False`.
+    """
     features = queries.shape[-1]
     head_dim = self.head_dim or features // self.num_heads
-    dense = lambda shape, name: nn.DenseGeneral(shape, dtype=self.dtype, name=name)
-    if context is None:
+    dense = lambda shape, name: nn.DenseGeneral(
+        shape, dtype=self.dtype, kernel_init=kernel_init(self.keras_init), name=name)
+    if not self.fused:
+      keys = queries if context is None else context
+      values = keys if values is None else values
+      query = dense((self.num_heads, head_dim), 'query')(queries)
+      key = dense((self.num_heads, head_dim), 'key')(keys)
+      value = dense((self.num_heads, head_dim), 'value')(values)
+    elif values is not None:
+      raise ValueError('separate values need fused=False')
+    elif context is None:
       qkv = dense((3, self.num_heads, head_dim), 'qkv')(queries)
       query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     else:
@@ -85,24 +121,35 @@ class MultiHeadAttention(nn.Module):
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
     dropped = Dropout(self.attention_dropout_rate)(weights, deterministic=deterministic)
     out = jnp.einsum('bhqk,bkhd->bqhd', dropped.astype(self.dtype), value)
-    out = nn.DenseGeneral(features, axis=(-2, -1), dtype=self.dtype, name='out')(out)
+    out = nn.DenseGeneral(features, axis=(-2, -1), dtype=self.dtype,
+                          kernel_init=kernel_init(self.keras_init), name='out')(out)
     return out, weights
 
 
 class MlpBlock(nn.Module):
-  """Dense(mlp_ratio * D) -> GELU -> Dense(D) -> dropout, as in the seed's feed-forward network."""
+  """Dense(mlp_ratio * D) -> GELU -> Dense(D) -> dropout, as in the seed's feed-forward network.
+
+  Attributes:
+    approximate_gelu: tanh-approximated GELU (flax's default); False: the exact, erf GELU
+      (Keras's 'gelu').
+    keras_init: glorot_uniform kernels (Keras's default) instead of lecun_normal.
+  """
 
   mlp_ratio: int = 4
   dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32
+  approximate_gelu: bool = True
+  keras_init: bool = False
 
   @nn.compact
   def __call__(self, x, *, deterministic: bool):
     """x (B, N, D) -> (B, N, D)."""
     features = x.shape[-1]
-    y = nn.Dense(self.mlp_ratio * features, dtype=self.dtype, name='hidden')(x)
-    y = nn.gelu(y)
-    y = nn.Dense(features, dtype=self.dtype, name='output')(y)
+    dense = lambda size, name: nn.Dense(size, dtype=self.dtype,
+                                        kernel_init=kernel_init(self.keras_init), name=name)
+    y = dense(self.mlp_ratio * features, 'hidden')(x)
+    y = nn.gelu(y, approximate=self.approximate_gelu)
+    y = dense(features, 'output')(y)
     return Dropout(self.dropout_rate)(y, deterministic=deterministic)
 
 
@@ -111,6 +158,22 @@ class AttentionBlock(nn.Module):
 
   With `context=None` it is a self-attention block, otherwise a cross-attention block whose
   queries come from `x` and keys/values from `context`.
+
+  With `qkv_norms` (the seed's `BaseAttention`) queries, keys and values each have their own
+  LayerNorm, 'norm_query', 'norm_key' and 'norm_value' (also in self-attention, where all three
+  read `x`), and unfused projections; otherwise 'norm_query' normalises the queries and
+  'norm_context' the keys and values of a cross-attention (in self-attention, 'norm_query'
+  normalises all three).
+
+  `stream='slow'` runs the block's second attention sub-layer, 'slow_attention' with its own
+  norms ('slow_norm_query', ...), followed by the same MLP: the seed's `AttentionWithFFN`
+  called with stream='slow'. Calling one block with both streams shares its MLP between them;
+  a sub-layer has parameters only if some call uses it.
+
+  Attributes:
+    qkv_norms: separate LayerNorms of queries, keys and values (and unfused projections).
+    approximate_gelu: see `MlpBlock`.
+    keras_init: Keras's default initializers for every kernel (see `kernel_init`).
   """
 
   num_heads: int
@@ -119,23 +182,42 @@ class AttentionBlock(nn.Module):
   attention_dropout_rate: float = 0.0
   head_dim: int | None = None  # Dh; None: D // H
   dtype: Dtype = jnp.float32
+  qkv_norms: bool = False
+  approximate_gelu: bool = True
+  keras_init: bool = False
 
   @nn.compact
-  def __call__(self, x, context=None, *, deterministic: bool):
-    """x (B, Lq, D), context (B, Lk, D) or None -> ((B, Lq, D), weights (B, H, Lq, Lk))."""
+  def __call__(self, x, context=None, *, deterministic: bool, stream: str = 'fast'):
+    """x (B, Lq, D), context (B, Lk, D) or None -> ((B, Lq, D), weights (B, H, Lq, Lk)).
+
+    stream: 'fast' (the first attention sub-layer) or 'slow' (the second).
+    """
+    if stream not in ('fast', 'slow'):
+      raise ValueError(f"stream must be 'fast' or 'slow', got {stream!r}")
+    prefix = '' if stream == 'fast' else 'slow_'
     norm = lambda name: nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype, name=name)
-    if context is not None:
-      context = norm('norm_context')(context)
-    y, weights = MultiHeadAttention(
+    attention = MultiHeadAttention(
         num_heads=self.num_heads,
         head_dim=self.head_dim,
         attention_dropout_rate=self.attention_dropout_rate,
         dtype=self.dtype,
-        name='attention',
-    )(norm('norm_query')(x), context, deterministic=deterministic)
+        fused=not self.qkv_norms,
+        keras_init=self.keras_init,
+        name=f'{prefix}attention',
+    )
+    if self.qkv_norms:
+      keys_values = x if context is None else context
+      y, weights = attention(
+          norm(f'{prefix}norm_query')(x), norm(f'{prefix}norm_key')(keys_values),
+          norm(f'{prefix}norm_value')(keys_values), deterministic=deterministic)
+    else:
+      if context is not None:
+        context = norm(f'{prefix}norm_context')(context)
+      y, weights = attention(norm(f'{prefix}norm_query')(x), context,
+                             deterministic=deterministic)
     x = x + y
-    y = MlpBlock(self.mlp_ratio, self.dropout_rate, self.dtype, name='mlp')(
-        norm('norm_mlp')(x), deterministic=deterministic)
+    y = MlpBlock(self.mlp_ratio, self.dropout_rate, self.dtype, self.approximate_gelu,
+                 self.keras_init, name='mlp')(norm('norm_mlp')(x), deterministic=deterministic)
     return x + y, weights
 
 
@@ -159,10 +241,7 @@ class Conv3x3(nn.Module):
   """3x3 convolution with zero padding, computed as one matmul over gathered neighbourhoods.
 
   XLA:CPU runs the weight gradient of these small convolutions several times slower than the
-  equivalent matmul: the benchmark's train step (32x32, chunks of 16, one head) did 372
-  images/s with the 'stem' tokenizer on `nn.Conv` and 534 with this matmul (in its first form,
-  a Dense on the same neighbourhoods); the 'conv' tokenizer (chunks of 8) goes from 231 to 264.
-  Parameters are laid out as `nn.Conv`'s ('kernel' (3, 3, C, F), 'bias' (F,)), so runs saved
+  equivalent matmul (docs/performance.md). Parameters are laid out as `nn.Conv`'s ('kernel' (3, 3, C, F), 'bias' (F,)), so runs saved
   with `nn.Conv` restore into it.
 
   Attributes:
@@ -208,12 +287,17 @@ class PatchEmbed(nn.Module):
   power of two.
 
   Patches are numbered row-major, so token n is patch (n // (W/p), n % (W/p)).
+
+  With `keras_init` (the seed's Keras initializers) the linear projection's kernel is
+  glorot_uniform and the position embedding U(-0.05, 0.05) (Keras `Embedding`), instead of
+  lecun_normal and N(0, 0.02).
   """
 
   patch_size: int
   embed_dim: int
   dtype: Dtype = jnp.float32
   tokenizer: str = 'linear'
+  keras_init: bool = False
 
   @nn.compact
   def __call__(self, images):
@@ -228,7 +312,7 @@ class PatchEmbed(nn.Module):
     num_stages = p.bit_length() - 1  # resolution halvings of the power-of-two tokenizers
     if self.tokenizer == 'linear':
       x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype,
-                  name='projection')(x)
+                  kernel_init=kernel_init(self.keras_init), name='projection')(x)
     elif self.tokenizer == 'conv':
       for stage in range(num_stages):
         # No bias: the position embedding and LayerNorm that follow supply the offsets.
@@ -246,19 +330,21 @@ class PatchEmbed(nn.Module):
       raise ValueError(f'tokenizer must be one of {TOKENIZERS}, got {self.tokenizer!r}')
     batch, rows, cols, features = x.shape
     x = x.reshape(batch, rows * cols, features)
-    position = self.param('position_embedding', nn.initializers.normal(0.02),
-                          (rows * cols, features))
+    position_init = keras_embedding_init if self.keras_init else nn.initializers.normal(0.02)
+    position = self.param('position_embedding', position_init, (rows * cols, features))
     x = x + position.astype(self.dtype)
     return nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype, name='norm')(x)
 
 
-def classification_head(tokens, num_classes: int, *, dtype: Dtype, norm: bool = True):
+def classification_head(tokens, num_classes: int, *, dtype: Dtype, norm: bool = True,
+                        keras_init: bool = False):
   """tokens (B, N, D) -> logits (B, num_classes) float32: [LayerNorm] -> mean over N -> Dense.
 
   Call it inside a model's compact `__call__`: its layers become that model's submodules,
-  named 'head_norm' (only with `norm`) and 'head'.
+  named 'head_norm' (only with `norm`) and 'head'. `keras_init`: a glorot_uniform kernel.
   """
   if norm:
     tokens = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=dtype, name='head_norm')(tokens)
   pooled = tokens.mean(axis=1)
-  return nn.Dense(num_classes, dtype=jnp.float32, name='head')(pooled.astype(jnp.float32))
+  return nn.Dense(num_classes, dtype=jnp.float32, kernel_init=kernel_init(keras_init),
+                  name='head')(pooled.astype(jnp.float32))

@@ -9,6 +9,17 @@ runs once per chunk:
                 block (slow queries -> fast keys/values), carried to the next chunk.
 
 The recurrence is `nn.scan` over the chunk axis with parameters shared across steps.
+
+`variant` picks the blocks: 'paper' (above) or 'keras_seed', which computes exactly the function
+of the Keras seed's model (`benchmarks/keras_seed.py`), so that its weights port by name
+(`tlb_jax.keras_port`). The seed's recurrent cell keeps a list of
+num_layers + ceil(num_layers / r) perceptual blocks (the list in which it meant to interleave
+self- and cross-attention), runs every block of the list as self-attention and runs the
+blocks at indices 0, r, 2r, ... of the list a second time, as cross-attention to the slow
+stream, through the block's second attention sub-layer and the same MLP. Its blocks normalise
+queries, keys and values with three LayerNorms, use the exact (erf) GELU, give every head D
+features (Keras `key_dim=embed_dim`) and take Keras's default initializers; its slow update is
+the first attention sub-layer of one more block.
 Shape letters: B batch, N tokens, C chunks, K chunk_size, L num_latents, D embed_dim, H heads.
 """
 
@@ -20,6 +31,7 @@ from tlb_jax.models.layers import (DROPOUT_MASK, AttentionBlock, Dtype, PatchEmb
                                    classification_head)
 
 HEADS = ('slow_mean', 'fast_last_mean')
+VARIANTS = ('paper', 'keras_seed')
 SLOW_STREAM_INITS = ('learned', 'zeros')
 # What the backward pass keeps from each chunk's forward pass; the rest is recomputed.
 REMAT_POLICIES = {
@@ -31,6 +43,12 @@ REMAT_POLICIES = {
         jax.checkpoint_policies.save_only_these_names(DROPOUT_MASK)),
 }
 REMAT_CHOICES = ('none',) + tuple(REMAT_POLICIES)
+
+
+def seed_perceptual_blocks(num_layers: int, cross_attention_every: int) -> int:
+  """Length of the Keras seed's perceptual-module list: a block per layer, plus one more after
+  each layer whose index is a multiple of r."""
+  return num_layers + len(range(0, num_layers, cross_attention_every))
 
 
 class TLBCell(nn.Module):
@@ -48,6 +66,7 @@ class TLBCell(nn.Module):
   dtype: Dtype
   deterministic: bool
   return_intermediates: bool = False
+  variant: str = 'paper'
 
   @nn.compact
   def __call__(self, carry, chunk):
@@ -58,16 +77,27 @@ class TLBCell(nn.Module):
       and the bottleneck's attention weights (B, H, L, K); otherwise None.
     """
     slow_stream, _ = carry
+    seed = self.variant == 'keras_seed'
     block = lambda name: AttentionBlock(
         num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dropout_rate=self.dropout_rate,
-        attention_dropout_rate=self.attention_dropout_rate, dtype=self.dtype, name=name)
+        attention_dropout_rate=self.attention_dropout_rate, dtype=self.dtype,
+        head_dim=chunk.shape[-1] if seed else None, qkv_norms=seed, approximate_gelu=not seed,
+        keras_init=seed, name=name)
     fast_stream = chunk
-    for layer in range(self.num_layers):
-      fast_stream, _ = block(f'fast_self_attention_{layer}')(
-          fast_stream, deterministic=self.deterministic)
-      if (layer + 1) % self.cross_attention_every == 0:
-        fast_stream, _ = block(f'fast_cross_attention_{layer}')(
-            fast_stream, slow_stream, deterministic=self.deterministic)
+    if seed:
+      for index in range(seed_perceptual_blocks(self.num_layers, self.cross_attention_every)):
+        layer = block(f'perceptual_{index}')
+        fast_stream, _ = layer(fast_stream, deterministic=self.deterministic)
+        if index % self.cross_attention_every == 0:
+          fast_stream, _ = layer(fast_stream, slow_stream, deterministic=self.deterministic,
+                                 stream='slow')
+    else:
+      for layer in range(self.num_layers):
+        fast_stream, _ = block(f'fast_self_attention_{layer}')(
+            fast_stream, deterministic=self.deterministic)
+        if (layer + 1) % self.cross_attention_every == 0:
+          fast_stream, _ = block(f'fast_cross_attention_{layer}')(
+              fast_stream, slow_stream, deterministic=self.deterministic)
     slow_stream, weights = block('slow_update')(
         slow_stream, fast_stream, deterministic=self.deterministic)
     outputs = None
@@ -96,6 +126,9 @@ class TLB(nn.Module):
     slow_stream_init: 'learned' (a trained initial state) or 'zeros' (the seed).
     head: 'slow_mean' (LayerNorm'd mean of the final slow stream) or 'fast_last_mean' (mean of
       the last chunk's fast stream, the seed).
+    variant: 'paper' or 'keras_seed' (the Keras seed's blocks and initializers; see the module
+      docstring). The seed itself also has tokenizer 'linear', slow_stream_init 'zeros', head
+      'fast_last_mean' and num_latents = chunk_size.
     dtype: compute dtype; parameters are float32.
     scan_unroll: chunks per iteration of the compiled scan loop.
     remat: what the backward pass recomputes instead of storing for every chunk: 'none'
@@ -118,6 +151,7 @@ class TLB(nn.Module):
   attention_dropout_rate: float = 0.0
   slow_stream_init: str = 'learned'
   head: str = 'slow_mean'
+  variant: str = 'paper'
   dtype: Dtype = jnp.float32
   scan_unroll: int = 1
   remat: str = 'none'
@@ -135,8 +169,11 @@ class TLB(nn.Module):
     if self.slow_stream_init not in SLOW_STREAM_INITS:
       raise ValueError(
           f'slow_stream_init must be one of {SLOW_STREAM_INITS}, got {self.slow_stream_init!r}')
+    if self.variant not in VARIANTS:
+      raise ValueError(f'variant must be one of {VARIANTS}, got {self.variant!r}')
+    seed = self.variant == 'keras_seed'
     tokens = PatchEmbed(self.patch_size, self.embed_dim, self.dtype, self.tokenizer,
-                        name='patch_embed')(images)
+                        keras_init=seed, name='patch_embed')(images)
     batch, num_tokens, features = tokens.shape
     if num_tokens % self.chunk_size:
       raise ValueError(f'{num_tokens} patches are not divisible by chunk_size {self.chunk_size}')
@@ -177,13 +214,16 @@ class TLB(nn.Module):
         dtype=self.dtype,
         deterministic=not train,
         return_intermediates=return_intermediates,
+        variant=self.variant,
         name='recurrence',
     )(carry, chunks)
 
     if self.head == 'slow_mean':
-      logits = classification_head(slow_stream, self.num_classes, dtype=self.dtype)
+      logits = classification_head(slow_stream, self.num_classes, dtype=self.dtype,
+                                   keras_init=seed)
     else:
-      logits = classification_head(fast_stream, self.num_classes, dtype=self.dtype, norm=False)
+      logits = classification_head(fast_stream, self.num_classes, dtype=self.dtype, norm=False,
+                                   keras_init=seed)
     if not return_intermediates:
       return logits
     return logits, {name: value.swapaxes(0, 1) for name, value in intermediates.items()}

@@ -1,0 +1,137 @@
+"""The files of a run's workdir besides its checkpoints and TensorBoard events.
+
+  config.json   the run's config (what eval, predict, plots and export rebuild the model from)
+  labels.json   {'class_names': [...]}
+  results.json  final figures: training, validation and test (`update_results`)
+  plots/        curves.png, attention.png, confusion.png
+  params/       exported parameters (`--mode=export`), instead of checkpoints/
+
+Only process 0 writes; every writer here returns without writing on the other processes.
+"""
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+
+from tlb_jax import config_validation
+
+CONFIG = 'config.json'
+LABELS = 'labels.json'
+RESULTS = 'results.json'
+PLOTS = 'plots'
+
+
+class WorkdirError(Exception):
+  """A workdir's files cannot be used; the message says why and what to do."""
+
+
+def plots_dir(workdir: str) -> str:
+  return os.path.join(workdir, PLOTS)
+
+
+def _write_json(path: str, payload: dict[str, Any]) -> None:
+  """Writes atomically (a reader never sees half a file), on process 0 only."""
+  if jax.process_index() != 0:
+    return
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(payload, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def _read_json(workdir: str, name: str, what: str) -> dict[str, Any]:
+  path = os.path.join(workdir, name)
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    raise WorkdirError(f'{path} is missing ({what}); is --workdir={workdir} a tlb-jax '
+                       'training workdir?') from None
+  except (OSError, ValueError) as e:
+    raise WorkdirError(f'cannot read {path}: {e}') from None
+
+
+def check_workdir(workdir: str) -> None:
+  if not os.path.isdir(workdir):
+    raise WorkdirError(f'--workdir={workdir} does not exist; pass the workdir of a training run')
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  _write_json(os.path.join(workdir, CONFIG), config.to_dict())
+
+
+def saved_config(workdir: str) -> dict[str, Any] | None:
+  """The workdir's config.json as a dict, or None if it has none."""
+  path = os.path.join(workdir, CONFIG)
+  return _read_json(workdir, CONFIG, 'the run\'s config') if os.path.exists(path) else None
+
+
+def check_current_fields(workdir: str, saved: dict[str, Any]) -> None:
+  """Raises WorkdirError if config.json lacks fields the current trainer needs (a workdir of an
+  older tlb-jax)."""
+  missing = config_validation.missing_fields(saved)
+  if missing:
+    raise WorkdirError(
+        f'{os.path.join(workdir, CONFIG)} lacks the fields {", ".join(missing)} (the run was '
+        'made by an older tlb-jax); retrain it, or pass --fresh to move its checkpoints aside '
+        'and start over')
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a workdir was trained with."""
+  check_workdir(workdir)
+  saved = _read_json(workdir, CONFIG, 'the run\'s config')
+  check_current_fields(workdir, saved)
+  return ml_collections.ConfigDict(saved)
+
+
+def write_labels(workdir: str, class_names: tuple[str, ...]) -> None:
+  _write_json(os.path.join(workdir, LABELS), {'class_names': list(class_names)})
+
+
+def load_class_names(workdir: str) -> tuple[str, ...]:
+  names = _read_json(workdir, LABELS, 'the class names').get('class_names')
+  if not names:
+    raise WorkdirError(f'{os.path.join(workdir, LABELS)} has no class_names')
+  return tuple(names)
+
+
+def results_path(workdir: str) -> str:
+  return os.path.join(workdir, RESULTS)
+
+
+def load_results(workdir: str) -> dict[str, Any]:
+  return _read_json(workdir, RESULTS, 'the run\'s results')
+
+
+def update_results(workdir: str, fields: dict[str, Any]) -> dict[str, Any]:
+  """Writes `fields` (which hold 'step') to results.json, keeping the other fields of an existing
+  results.json of the same step (a re-evaluation keeps the training figures); returns the whole.
+  """
+  results = dict(fields)
+  if os.path.exists(results_path(workdir)):
+    try:
+      previous = load_results(workdir)
+    except WorkdirError:
+      previous = {}
+    if previous.get('step') == fields['step']:
+      results = {**previous, **fields}
+  _write_json(results_path(workdir), results)
+  return results
+
+
+def run_fields(config: ml_collections.ConfigDict, step: int, steps_per_epoch: int,
+               num_params: int) -> dict[str, Any]:
+  """The fields of results.json that say which run and checkpoint the figures are of."""
+  return {
+      'model': config.model,
+      'dataset': config.dataset,
+      'step': step,
+      'epochs': step / steps_per_epoch if steps_per_epoch else None,
+      'num_params': int(num_params),
+      'eval_split': config.eval_split,
+      'test_split': config.test_split,
+  }

@@ -1,0 +1,60 @@
+"""The train state and its optimizer: AdamW with a learning-rate schedule, optional clipping and
+weight decay on kernels only."""
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax.training import train_state
+
+
+class TrainState(train_state.TrainState):
+  """Flax TrainState plus the base PRNG key (raw uint32 key data, so Orbax can store it)."""
+
+  rng: jax.Array
+
+
+def create_learning_rate_fn(config: ml_collections.ConfigDict,
+                            steps_per_epoch: int, total_steps: int) -> optax.Schedule:
+  """'constant' (the seed) or linear warmup then cosine decay to `min_learning_rate`."""
+  if config.lr_schedule == 'constant':
+    return optax.constant_schedule(config.learning_rate)
+  warmup_steps = min(int(config.warmup_epochs * steps_per_epoch), total_steps - 1)
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=config.learning_rate, warmup_steps=warmup_steps,
+      decay_steps=total_steps, end_value=config.min_learning_rate)
+
+
+def weight_decay_mask(params) -> Any:
+  """True for the matrices and kernels that weight decay should shrink: not biases, norms,
+  position embeddings or the initial slow stream."""
+  def decays(path, param):
+    name = jax.tree_util.keystr(path)
+    # DenseGeneral biases are (H, Dh) or (3, H, Dh): the name, not ndim, tells them apart.
+    return (param.ndim > 1 and not name.endswith("['bias']")
+            and 'position_embedding' not in name and 'initial_' not in name)
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def create_optimizer(config: ml_collections.ConfigDict,
+                     learning_rate_fn: optax.Schedule) -> optax.GradientTransformation:
+  """AdamW, optionally with global-norm gradient clipping and decay on kernels only."""
+  mask = None if config.weight_decay_on == 'all' else weight_decay_mask
+  adamw = optax.adamw(learning_rate_fn, b1=config.adam_b1, b2=config.adam_b2,
+                      eps=config.adam_eps, weight_decay=config.weight_decay,
+                      mask=mask)
+  if config.grad_clip_norm > 0:
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adamw)
+  return adamw
+
+
+def create_train_state(rng, model, image_size: int,
+                       tx: optax.GradientTransformation) -> TrainState:
+  """Initializes parameters (float32) and optimizer state at step 0."""
+  init_rng, state_rng = jax.random.split(rng)
+  dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+  params = jax.jit(functools.partial(model.init, train=False))(init_rng, dummy)['params']
+  return TrainState.create(apply_fn=model.apply, params=params, tx=tx, rng=state_rng)
