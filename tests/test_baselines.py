@@ -14,7 +14,7 @@ import pytest
 from flax import jax_utils
 from tfds_mock import mock_cifar
 
-from tlb_jax import config_validation, input_pipeline, train, train_state
+from tlb_jax import config_validation, input_pipeline, plots, train, train_state
 from tlb_jax.models import MODELS, create_model
 from tlb_jax.models.perceiver import Perceiver
 from tlb_jax.models.tlb import TLB
@@ -212,4 +212,25 @@ def test_train_and_evaluate_trains_the_perceiver_on_mock_cifar100(tmp_path):
   with open(tmp_path / 'results.json') as f:
     assert json.load(f)['test_top1'] == results['test_top1']
   assert os.path.isdir(tmp_path / 'checkpoints' / str(results['step']))
+
+
+def test_a_cifar100_run_reports_superclass_and_per_class_test_top1_and_draws_the_confusion(
+    tmp_path):
+  """CIFAR-100's final test adds the superclass top-1 (results.json and TensorBoard), the top-1
+  of each of the 100 classes, the confusion matrix and its picture; labels.json keeps the
+  dataset's class -> superclass map."""
+  with mock_cifar(32):
+    results = train.train_and_evaluate(tiny_perceiver_config(), str(tmp_path))
+  assert 0.0 <= results['test_superclass_top1'] <= 1.0
+  assert results['test_superclass_top1'] >= results['test_top1']
+  assert len(results['test_per_class_top1']) == 100
+  confusion = np.load(tmp_path / 'test_confusion.npy')
+  assert confusion.shape == (100, 100) and confusion.sum() == results['test_examples']
+  assert np.trace(confusion) / confusion.sum() == pytest.approx(results['test_top1'])
+  assert os.path.exists(tmp_path / 'plots' / 'confusion.png')
+  with open(tmp_path / 'labels.json') as f:
+    labels = json.load(f)
+  assert len(labels['superclass_names']) == 20 and len(labels['superclass_of_class']) == 100
+  tags = {tag for tag in plots.read_scalars(str(tmp_path))}
+  assert 'test_superclass_top1' in tags
 

@@ -2,12 +2,14 @@
 pass."""
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from clu import metrics
 from flax import jax_utils
@@ -16,10 +18,44 @@ from tlb_jax import augment, input_pipeline
 
 
 @flax.struct.dataclass
+class ConfusionMatrix(metrics.Metric):
+  """Counts (K, K) int32: row the true class, column the predicted (top-1) class."""
+
+  matrix: jnp.ndarray
+
+  @classmethod
+  def from_model_output(cls, *, logits: jnp.ndarray, labels: jnp.ndarray,
+                        mask: jnp.ndarray | None = None, **_) -> 'ConfusionMatrix':
+    num_classes = logits.shape[-1]
+    true = jax.nn.one_hot(labels, num_classes, dtype=jnp.int32)
+    if mask is not None:
+      true = true * mask[:, None].astype(jnp.int32)
+    predicted = jax.nn.one_hot(jnp.argmax(logits, axis=-1), num_classes, dtype=jnp.int32)
+    return cls(matrix=jnp.einsum('bi,bj->ij', true, predicted))
+
+  def merge(self, other: 'ConfusionMatrix') -> 'ConfusionMatrix':
+    return type(self)(matrix=self.matrix + other.matrix)
+
+  def compute(self) -> jnp.ndarray:
+    return self.matrix
+
+
+@flax.struct.dataclass
 class EvalMetrics(metrics.Collection):
   loss: metrics.Average.from_output('loss')
   accuracy: metrics.Accuracy
   top5_accuracy: metrics.Average.from_output('top5_correct')
+
+
+@flax.struct.dataclass
+class FinalEvalMetrics(metrics.Collection):
+  """EvalMetrics and the confusion matrix, for the final evaluations. (clu collects a
+  collection's metrics from its own annotations, so this cannot subclass EvalMetrics.)"""
+
+  loss: metrics.Average.from_output('loss')
+  accuracy: metrics.Accuracy
+  top5_accuracy: metrics.Average.from_output('top5_correct')
+  confusion: ConfusionMatrix
 
 
 def cross_entropy_loss(logits, labels, label_smoothing: float = 0.0):
@@ -46,23 +82,26 @@ def eval_logits(apply_fn, params, views):
 
 
 def eval_step(params, batch, *, apply_fn, image_size: int, resize_size: int = 0,
-              augmentation: str = 'none', padding: int = 0):
+              augmentation: str = 'none', padding: int = 0, with_confusion: bool = False):
   """Metrics of a padded per-device batch; padding (mask False) does not count. `padding` is
-  the views' reflect padding (`augment.eval_views`), not the batch's."""
+  the views' reflect padding (`augment.eval_views`), not the batch's. With `with_confusion`
+  the metrics hold the confusion matrix too (`FinalEvalMetrics`)."""
   views = augment.eval_views(batch['image'], image_size=image_size, resize_size=resize_size,
                              augmentation=augmentation, padding=padding)
   logits = eval_logits(apply_fn, params, views)
-  return EvalMetrics.gather_from_model_output(
+  collection = FinalEvalMetrics if with_confusion else EvalMetrics
+  return collection.gather_from_model_output(
       loss=cross_entropy_loss(logits, batch['label']), logits=logits, labels=batch['label'],
       top5_correct=top5_correct(logits, batch['label']), mask=batch['mask'])
 
 
 def make_eval_step(config: ml_collections.ConfigDict, model, test_time: bool = False):
   """`eval_step` with the model and input size bound; pmap it over axis 'batch'. With
-  `test_time`, it averages the views of `config.test_time_augmentation` (final evaluations);
-  without, it scores the central view only (the cheap per-epoch validation)."""
+  `test_time`, it averages the views of `config.test_time_augmentation` and counts the
+  confusion matrix (final evaluations); without, it scores the central view only (the cheap
+  per-epoch validation)."""
   return functools.partial(eval_step, apply_fn=model.apply, image_size=config.image_size,
-                           **eval_view_args(config, test_time))
+                           with_confusion=test_time, **eval_view_args(config, test_time))
 
 
 def eval_view_args(config: ml_collections.ConfigDict, test_time: bool) -> dict[str, Any]:
@@ -73,16 +112,46 @@ def eval_view_args(config: ml_collections.ConfigDict, test_time: bool) -> dict[s
 
 
 def evaluate(p_eval_step, params, split: input_pipeline.Split,
-             batch_size: int) -> dict[str, float]:
-  """Evaluates replicated `params` on every example of `split` once."""
+             batch_size: int) -> dict[str, Any]:
+  """Evaluates replicated `params` on every example of `split` once -> scalar metrics, the
+  example count and, from a step that counts it, 'confusion' (K, K) int64."""
   num_devices = jax.local_device_count()
   collected = None
   for batch in input_pipeline.eval_batches(split, batch_size):
     update = jax_utils.unreplicate(p_eval_step(params, input_pipeline.shard(batch, num_devices)))
     collected = update if collected is None else collected.merge(update)
-  result = {k: float(v) for k, v in collected.compute().items()}
+  computed = collected.compute()
+  result = {k: float(v) for k, v in computed.items() if k != 'confusion'}
   result['examples'] = int(collected.accuracy.count)
+  if 'confusion' in computed:
+    result['confusion'] = np.asarray(computed['confusion'], np.int64)
   return result
+
+
+def test_scalars(test_metrics: dict[str, Any], per_class: dict[str, Any]) -> dict[str, float]:
+  """The test split's TensorBoard scalars: `evaluate`'s metrics and the superclass top-1."""
+  scalars = {f'test_{k}': v for k, v in test_metrics.items()}
+  if 'test_superclass_top1' in per_class:
+    scalars['test_superclass_top1'] = per_class['test_superclass_top1']
+  return scalars
+
+
+def class_results(confusion: np.ndarray, class_names: Sequence[str],
+                  superclasses: input_pipeline.Superclasses | None) -> dict[str, Any]:
+  """results.json's per-class fields from a (K, K) confusion matrix: top-1 of each class and,
+  with superclasses, the superclass top-1 (a prediction counts when its class lies in the true
+  class's superclass; a class of unknown superclass only matches itself)."""
+  counts = confusion.sum(axis=1)
+  correct = np.diag(confusion)
+  per_class = {name: (float(correct[i] / counts[i]) if counts[i] else None)
+               for i, name in enumerate(class_names)}
+  fields = {'test_per_class_top1': per_class}
+  if superclasses is not None:
+    of_class = np.asarray(superclasses.of_class)
+    same = ((of_class[:, None] == of_class[None, :]) & (of_class[:, None] >= 0)
+            | np.eye(len(of_class), dtype=bool))
+    fields['test_superclass_top1'] = float(confusion[same].sum() / confusion.sum())
+  return fields
 
 
 def results_of_test(test_metrics: dict[str, Any], seconds: float) -> dict[str, Any]:

@@ -156,7 +156,7 @@ def export(workdir: str, output: str, config: ml_collections.ConfigDict | None =
     checkpointer.save(os.path.join(os.path.abspath(output), EXPORTED_PARAMS),
                       {'params': run.params, 'step': np.int32(run.step)})
   run_files.write_config(output, run.config)
-  run_files.write_labels(output, run.class_names)
+  run_files.write_labels(output, run.class_names, run_files.load_superclasses(workdir))
   if os.path.exists(run_files.results_path(workdir)):
     results = run_files.load_results(workdir)
     if results.get('step') == run.step:
@@ -406,11 +406,18 @@ def evaluate_checkpoint(workdir: str,
   except (KeyError, ValueError, AssertionError):
     steps_per_epoch = 0
   num_params = sum(x.size for x in jax.tree.leaves(run.params))
-  return run_files.update_results(workdir, {
+  confusion = metrics.pop('confusion')
+  results = run_files.update_results(workdir, {
       **run_files.run_fields(config, run.step, steps_per_epoch, num_params),
       **evaluation.results_of_test(metrics, seconds),
+      **evaluation.class_results(confusion, run.class_names,
+                                 run_files.load_superclasses(workdir)),
       'test_views': evaluation.eval_view_args(config, test_time=True),
   })
+  run_files.write_confusion(workdir, confusion)
+  if jax.process_index() == 0:
+    write_confusion(workdir, config)
+  return results
 
 
 # ----------------------------------------------------------------------------- plots
@@ -457,14 +464,38 @@ def write_attention(config: ml_collections.ConfigDict, workdir: str, model, para
   return path
 
 
+def write_confusion(workdir: str, config: ml_collections.ConfigDict,
+                    writer: metric_writers.MetricWriter | None = None, step: int = 0) -> str:
+  """workdir/plots/confusion.png from the run's test confusion matrix, grouped by superclass
+  where the dataset has them; also to TensorBoard (`writer`). Returns the PNG's path."""
+  confusion = run_files.load_confusion(workdir)
+  if confusion is None:
+    raise InferenceError(f'{workdir} has no test confusion matrix; test it first: '
+                         f'python main.py --mode=eval --workdir={workdir}')
+  superclasses = run_files.load_superclasses(workdir)
+  picture = plots.plot_confusion(
+      confusion, run_files.load_class_names(workdir),
+      None if superclasses is None else superclasses.of_class,
+      None if superclasses is None else superclasses.names,
+      title=f'{config.model} on {config.dataset}: test confusion (row-normalised)')
+  path = os.path.join(run_files.plots_dir(workdir), 'confusion.png')
+  plots.save_png(picture, path)
+  if writer is not None:
+    writer.write_images(step, {'confusion': picture[None]})
+    writer.flush()
+  return path
+
+
 def write_run_plots(config: ml_collections.ConfigDict, workdir: str, model, params,
                     images: input_pipeline.Split, class_names: Sequence[str],
                     writer: metric_writers.MetricWriter, step: int) -> None:
-  """The end-of-training pictures: curves, and for a TLB the attention grid of the first
-  `images` (the test split, or validation without one). A failure is logged, not raised: the
-  run's results are already saved."""
+  """The end-of-training pictures: curves, the test confusion matrix, and for a TLB the
+  attention grid of the first `images` (the test split, or validation without one). A failure
+  is logged, not raised: the run's results are already saved."""
   try:
     paths = [write_curves(workdir, config)]
+    if run_files.load_confusion(workdir) is not None:
+      paths.append(write_confusion(workdir, config, writer, step))
     if has_attention(config) and config.num_attention_images > 0:
       paths.append(write_attention(config, workdir, model, params, images, class_names,
                                    writer, step))
@@ -475,9 +506,9 @@ def write_run_plots(config: ml_collections.ConfigDict, workdir: str, model, para
 
 
 def write_plots(workdir: str, config: ml_collections.ConfigDict | None = None) -> list[str]:
-  """`--mode=plots`: (re)draws curves.png and, for a TLB, attention.png (latest checkpoint, test
-  split, or validation without one) for an existing workdir; the attention grid also goes to
-  TensorBoard.
+  """`--mode=plots`: (re)draws curves.png, confusion.png (of a tested run) and, for a TLB,
+  attention.png (latest checkpoint, test split, or validation without one) for an existing
+  workdir; the attention grid also goes to TensorBoard.
 
   Returns:
     The paths written.
@@ -485,6 +516,8 @@ def write_plots(workdir: str, config: ml_collections.ConfigDict | None = None) -
   run_files.check_workdir(workdir)
   config = config if config is not None else run_files.load_config(workdir)
   paths = [write_curves(workdir, config)]
+  if run_files.load_confusion(workdir) is not None:
+    paths.append(write_confusion(workdir, config))
   if has_attention(config) and config.num_attention_images > 0:
     run = restore(workdir, config)
     builder = input_pipeline.get_builder(config)

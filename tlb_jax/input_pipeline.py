@@ -27,10 +27,12 @@ class DataError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """A split in host memory: images (N, H, W, 3) uint8, labels (N,) int32."""
+  """A split in host memory: images (N, H, W, 3) uint8, labels (N,) int32 and, for datasets
+  with superclasses (CIFAR-100), coarse_labels (N,) int32."""
 
   images: np.ndarray
   labels: np.ndarray
+  coarse_labels: np.ndarray | None = None
 
   def __len__(self) -> int:
     return len(self.labels)
@@ -43,6 +45,7 @@ class Dataset:
   test: Split | None  # None when config.test_split is ''
   num_classes: int
   class_names: tuple[str, ...]
+  superclasses: 'Superclasses | None' = None  # CIFAR-100's 20 coarse classes
 
   @property
   def pictured(self) -> Split:
@@ -54,6 +57,24 @@ class Dataset:
 # stops in seconds instead of waiting for TFDS's retries.
 DOWNLOAD_HOST = ('www.cs.toronto.edu', 443)
 REACHABLE_TIMEOUT_S = 3.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Superclasses:
+  """A grouping of the classes into coarser ones (CIFAR-100's 20 superclasses)."""
+
+  names: tuple[str, ...]
+  of_class: tuple[int, ...]  # of_class[c]: the superclass of class c, -1 if unknown
+
+
+def superclasses_of(split: Split, num_classes: int, names: tuple[str, ...]) -> Superclasses:
+  """The dataset's own class -> superclass map, read off the (label, coarse_label) pairs of
+  `split`: each class takes the superclass most of its examples carry (in CIFAR-100, all of
+  them); a class without examples in `split` gets -1."""
+  pairs = np.zeros((num_classes, len(names)), np.int64)
+  np.add.at(pairs, (split.labels, split.coarse_labels), 1)
+  of_class = np.where(pairs.sum(axis=1) > 0, pairs.argmax(axis=1), -1)
+  return Superclasses(names=names, of_class=tuple(int(c) for c in of_class))
 
 
 def _prepare_hint(config) -> str:
@@ -104,8 +125,10 @@ def load_split(builder: tfds.core.DatasetBuilder, split: str) -> Split:
     raise DataError(f'cannot read split {split!r} of {builder.name}: {e}') from None
   if len(data['label']) == 0:
     raise DataError(f'split {split!r} of {builder.name} is empty; check the split slice')
+  coarse = data.get('coarse_label')
   return Split(images=np.ascontiguousarray(data['image'], dtype=np.uint8),
-               labels=np.asarray(data['label'], dtype=np.int32))
+               labels=np.asarray(data['label'], dtype=np.int32),
+               coarse_labels=None if coarse is None else np.asarray(coarse, dtype=np.int32))
 
 
 def picture_split(config: ml_collections.ConfigDict) -> str:
@@ -121,12 +144,18 @@ def load(config: ml_collections.ConfigDict) -> Dataset:
   class_names = tuple(label.names)
   if config.dataset == 'cifar10' and class_names == tuple(map(str, range(10))):
     class_names = CIFAR10_CLASS_NAMES
+  train = load_split(builder, config.train_split)
+  superclasses = None
+  if 'coarse_label' in builder.info.features:
+    superclasses = superclasses_of(train, label.num_classes,
+                                   tuple(builder.info.features['coarse_label'].names))
   return Dataset(
-      train=load_split(builder, config.train_split),
+      train=train,
       eval=load_split(builder, config.eval_split) if config.eval_split else None,
       test=load_split(builder, config.test_split) if config.test_split else None,
       num_classes=label.num_classes,
       class_names=class_names,
+      superclasses=superclasses,
   )
 
 

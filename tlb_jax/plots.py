@@ -1,4 +1,4 @@
-"""Pictures of a run: training curves and TLB slow-stream attention maps.
+"""Pictures of a run: training curves, TLB slow-stream attention maps and confusion matrices.
 
 Pure functions of arrays and dicts (plus `read_scalars`, which reads a workdir's TensorBoard
 events). Figures are drawn with matplotlib's Agg canvas, without pyplot, so nothing depends on a
@@ -27,6 +27,8 @@ ATTENTION_GAP = 6                 # pixels between and around the panels
 ATTENTION_COLUMNS = 4
 ATTENTION_CMAP = 'inferno'        # as the seed
 ATTENTION_ALPHA = 0.6
+CONFUSION_SIZE = (760, 820)        # pixels, up to 20 classes
+CONFUSION_SIZE_MANY = (1500, 1500)  # pixels, more classes
 CORRECT_COLOR, WRONG_COLOR = '#1a7f37', '#cf222e'
 
 
@@ -267,3 +269,68 @@ def attention_titles(true_names: Sequence[str] | None, pred_names: Sequence[str]
       titles.append(f'true: {true_names[i]}\npred: {pred} {prob:.2f}')
       colors.append(CORRECT_COLOR if true_names[i] == pred else WRONG_COLOR)
   return titles, colors
+
+
+# ----------------------------------------------------------------------------- confusion
+
+
+def row_normalised(confusion: np.ndarray) -> np.ndarray:
+  """(K, K) counts, row the true class -> the fraction of each true class predicted as each
+  class (a row without examples stays zero)."""
+  totals = confusion.sum(axis=1, keepdims=True)
+  return np.divide(confusion, totals, out=np.zeros(confusion.shape, np.float64),
+                   where=totals > 0)
+
+
+def confusion_order(num_classes: int, superclass_of_class: Sequence[int] | None) -> np.ndarray:
+  """Class indices grouped by superclass (in class order within a group), or 0..K-1."""
+  if superclass_of_class is None:
+    return np.arange(num_classes)
+  return np.argsort(np.asarray(superclass_of_class), kind='stable')
+
+
+def plot_confusion(confusion: np.ndarray, class_names: Sequence[str],
+                   superclass_of_class: Sequence[int] | None = None,
+                   superclass_names: Sequence[str] | None = None,
+                   title: str = '') -> np.ndarray:
+  """Row-normalised confusion matrix (true class down, predicted class across) -> RGB image.
+
+  With superclasses (CIFAR-100) the classes are grouped by superclass, white lines separate the
+  groups and the superclass names label them on the right, so 100 classes stay readable; up to
+  20 classes, each cell also prints its fraction.
+  """
+  num_classes = len(class_names)
+  many = num_classes > 20
+  order = confusion_order(num_classes, superclass_of_class)
+  matrix = row_normalised(confusion)[np.ix_(order, order)]
+  figure = _figure(CONFUSION_SIZE_MANY if many else CONFUSION_SIZE)
+  axes = figure.subplots()
+  shown = axes.imshow(matrix, cmap='viridis', vmin=0.0, vmax=1.0, interpolation='nearest')
+  figure.colorbar(shown, ax=axes, orientation='horizontal', fraction=0.04, pad=0.12 if many
+                  else 0.18, label='fraction of the true class')
+  names = [class_names[i] for i in order]
+  font = 4.5 if many else 9
+  axes.set_xticks(range(num_classes), names, rotation=90, fontsize=font)
+  axes.set_yticks(range(num_classes), names, fontsize=font)
+  axes.set_xlabel('predicted class')
+  axes.set_ylabel('true class')
+  if not many:
+    for i in range(num_classes):
+      for j in range(num_classes):
+        axes.text(j, i, f'{matrix[i, j]:.2f}', ha='center', va='center', fontsize=7,
+                  color='black' if matrix[i, j] > 0.5 else 'white')
+  if superclass_of_class is not None:
+    groups = np.asarray(superclass_of_class)[order]
+    starts = np.flatnonzero(np.diff(groups)) + 1
+    for start in starts:
+      axes.axhline(start - 0.5, color='white', linewidth=0.5)
+      axes.axvline(start - 0.5, color='white', linewidth=0.5)
+    if superclass_names is not None:
+      edges = np.concatenate([[0], starts, [num_classes]])
+      right = axes.secondary_yaxis('right')
+      right.set_yticks([(a + b - 1) / 2 for a, b in zip(edges[:-1], edges[1:])],
+                       [superclass_names[groups[a]] for a in edges[:-1]], fontsize=font + 1)
+  if title:
+    axes.set_title(title)
+  figure.tight_layout()
+  return render(figure)

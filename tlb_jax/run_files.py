@@ -1,8 +1,10 @@
 """The files of a run's workdir besides its checkpoints and TensorBoard events.
 
   config.json   the run's config (what eval, predict, plots and export rebuild the model from)
-  labels.json   {'class_names': [...]}
+  labels.json   {'class_names': [...]}, and for CIFAR-100 'superclass_names' and
+                'superclass_of_class' (the superclass of each class)
   results.json  final figures: training, validation and test (`update_results`)
+  test_confusion.npy  the test split's confusion matrix (K, K) int64, true class by row
   plots/        curves.png, attention.png, confusion.png
   params/       exported parameters (`--mode=export`), instead of checkpoints/
 
@@ -15,12 +17,14 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
-from tlb_jax import config_validation
+from tlb_jax import config_validation, input_pipeline
 
 CONFIG = 'config.json'
 LABELS = 'labels.json'
 RESULTS = 'results.json'
+CONFUSION = 'test_confusion.npy'
 PLOTS = 'plots'
 
 
@@ -88,8 +92,13 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(saved)
 
 
-def write_labels(workdir: str, class_names: tuple[str, ...]) -> None:
-  _write_json(os.path.join(workdir, LABELS), {'class_names': list(class_names)})
+def write_labels(workdir: str, class_names: tuple[str, ...],
+                 superclasses: input_pipeline.Superclasses | None = None) -> None:
+  labels = {'class_names': list(class_names)}
+  if superclasses is not None:
+    labels.update(superclass_names=list(superclasses.names),
+                  superclass_of_class=list(superclasses.of_class))
+  _write_json(os.path.join(workdir, LABELS), labels)
 
 
 def load_class_names(workdir: str) -> tuple[str, ...]:
@@ -97,6 +106,15 @@ def load_class_names(workdir: str) -> tuple[str, ...]:
   if not names:
     raise WorkdirError(f'{os.path.join(workdir, LABELS)} has no class_names')
   return tuple(names)
+
+
+def load_superclasses(workdir: str) -> input_pipeline.Superclasses | None:
+  """The superclasses in labels.json, or None for a dataset without them."""
+  labels = _read_json(workdir, LABELS, 'the class names')
+  if 'superclass_names' not in labels:
+    return None
+  return input_pipeline.Superclasses(names=tuple(labels['superclass_names']),
+                                     of_class=tuple(labels['superclass_of_class']))
 
 
 def results_path(workdir: str) -> str:
@@ -121,6 +139,21 @@ def update_results(workdir: str, fields: dict[str, Any]) -> dict[str, Any]:
       results = {**previous, **fields}
   _write_json(results_path(workdir), results)
   return results
+
+
+def write_confusion(workdir: str, confusion: np.ndarray) -> None:
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, CONFUSION)
+  with open(path + '.tmp', 'wb') as f:
+    np.save(f, confusion)
+  os.replace(path + '.tmp', path)
+
+
+def load_confusion(workdir: str) -> np.ndarray | None:
+  """The test split's confusion matrix, or None if the run has not been tested."""
+  path = os.path.join(workdir, CONFUSION)
+  return np.load(path) if os.path.exists(path) else None
 
 
 def run_fields(config: ml_collections.ConfigDict, step: int, steps_per_epoch: int,
