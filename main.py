@@ -6,6 +6,7 @@
       [--attention_dir=/tmp/overlays]
   python main.py --mode=plots --workdir=/tmp/run
   python main.py --mode=export --workdir=/tmp/run --output=pretrained/cifar10
+  python main.py --mode=compare --workdirs=/tmp/tlb,/tmp/vit --output=/tmp/compare.png
 
 Running the same training command again resumes from the latest checkpoint in the workdir.
 eval, predict and plots read the run's config from workdir/config.json; pass --config (plus
@@ -23,16 +24,17 @@ import tensorflow as tf
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tlb_jax import (allocator, checkpointing, config_validation, inference, input_pipeline,
-                     run_files, train)
+from tlb_jax import (allocator, checkpointing, compare, config_validation, inference,
+                     input_pipeline, run_files, train)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard events and results.')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'plots', 'export'],
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'plots', 'export', 'compare'],
                   'train: train (or resume), test, draw workdir/plots/. eval: test the latest '
                   'checkpoint, write results.json. predict: top-5 classes of --images. plots: '
                   'redraw workdir/plots/ for an existing run. export: copy the trained '
-                  'parameters (no optimizer state) to --output.')
+                  'parameters (no optimizer state) to --output. compare: the final figures of '
+                  '--workdirs as a table, and their validation curves into --output.')
 flags.DEFINE_list('images', None, 'predict: image files and/or folders of images.')
 flags.DEFINE_string('attention_dir', None,
                     'predict: also write each image\'s TLB attention overlay into this directory.')
@@ -51,11 +53,12 @@ flags.DEFINE_integer('heartbeat_timeout_s', 100,
                      'counts as dead, and the others stop (JAX\'s default: 100).')
 flags.DEFINE_string('output', None,
                     'export: directory to write the parameters, config.json and labels.json '
-                    'of the workdir\'s latest checkpoint into (a workdir for eval and predict).')
+                    'of the workdir\'s latest checkpoint into (a workdir for eval and predict). '
+                    'compare: the PNG of validation top-1 against training minutes.')
+flags.DEFINE_list('workdirs', None, 'compare: the workdirs of the runs to compare.')
 config_flags.DEFINE_config_file(
     'config', None, 'Path to a config file in configs/ (train; optional for the other modes, '
     'which default to workdir/config.json).', lock_config=True)
-flags.mark_flags_as_required(['workdir'])
 
 USER_ERRORS = (config_validation.ConfigError, input_pipeline.DataError,
                inference.InferenceError, checkpointing.CheckpointError, run_files.WorkdirError)
@@ -184,9 +187,17 @@ def _run(mode: str) -> int:
   """Runs `mode`; returns the number of inputs that failed (predict)."""
   if mode != 'predict' and (FLAGS.images or FLAGS.attention_dir):
     raise config_validation.ConfigError('--images and --attention_dir are for --mode=predict')
-  if (mode == 'export') != (FLAGS.output is not None):
-    raise config_validation.ConfigError('--mode=export needs --output=DIR, and --output is '
-                                        'only for --mode=export')
+  if (mode in ('export', 'compare')) != (FLAGS.output is not None):
+    raise config_validation.ConfigError('--output is for --mode=export (a directory) and '
+                                        '--mode=compare (a PNG), which need it')
+  if (mode == 'compare') != bool(FLAGS.workdirs):
+    raise config_validation.ConfigError('--mode=compare needs --workdirs=A,B,...; the other '
+                                        'modes take one --workdir')
+  if mode == 'compare':
+    print(compare.compare(FLAGS.workdirs, FLAGS.output))
+    return 0
+  if not FLAGS.workdir:
+    raise config_validation.ConfigError(f'--mode={mode} needs --workdir=DIR')
   if mode == 'train':
     if FLAGS.config is None:
       raise config_validation.ConfigError('--mode=train needs --config=configs/<name>.py')

@@ -35,13 +35,9 @@ CORRECT_COLOR, WRONG_COLOR = '#1a7f37', '#cf222e'
 # ----------------------------------------------------------------------------- TensorBoard
 
 
-def read_scalars(workdir: str) -> dict[str, dict[int, float]]:
-  """Every scalar in `workdir`'s TensorBoard event files: {tag: {step: value}}, steps sorted.
-
-  Reads all event files (a resumed run adds one per start) in the order they were written; a
-  step logged twice (the steps a killed run logged after its last checkpoint are logged again
-  after the resume) keeps the value written last.
-  """
+def read_scalar_records(workdir: str) -> list[tuple[float, str, int, float]]:
+  """Every scalar in `workdir`'s TensorBoard event files as (wall time in s, tag, step, value),
+  in the order they were written (a resumed run adds one event file per start)."""
   # pylint: disable=g-import-not-at-top  (only this function needs TensorBoard)
   from tensorboard.backend.event_processing import event_file_loader
   from tensorboard.util import tensor_util
@@ -61,8 +57,17 @@ def read_scalars(workdir: str) -> dict[str, dict[int, float]]:
         else:
           continue
         records.append((event.wall_time, len(records), value.tag, int(event.step), float(number)))
+  return [(wall_time, tag, step, number) for wall_time, _, tag, step, number in sorted(records)]
+
+
+def read_scalars(workdir: str) -> dict[str, dict[int, float]]:
+  """Every scalar in `workdir`'s TensorBoard event files: {tag: {step: value}}, steps sorted.
+
+  A step logged twice (the steps a killed run logged after its last checkpoint are logged again
+  after the resume) keeps the value written last.
+  """
   scalars: dict[str, dict[int, float]] = {}
-  for _, _, tag, step, number in sorted(records):
+  for _, tag, step, number in read_scalar_records(workdir):
     scalars.setdefault(tag, {})[step] = number
   return {tag: dict(sorted(values.items())) for tag, values in sorted(scalars.items())}
 
@@ -269,6 +274,28 @@ def attention_titles(true_names: Sequence[str] | None, pred_names: Sequence[str]
       titles.append(f'true: {true_names[i]}\npred: {pred} {prob:.2f}')
       colors.append(CORRECT_COLOR if true_names[i] == pred else WRONG_COLOR)
   return titles, colors
+
+
+# ----------------------------------------------------------------------------- comparison
+
+
+def plot_runs(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str = '') -> np.ndarray:
+  """Validation top-1 against training wall-clock minutes, one line per run ({name: (minutes,
+  top-1)}) -> RGB image CURVES_SIZE."""
+  figure = _figure(CURVES_SIZE)
+  axes = figure.subplots()
+  for name, (minutes, accuracy) in curves.items():
+    axes.plot(minutes, accuracy, marker='o', markersize=3, linewidth=1.5, label=name)
+  axes.set_xlabel('training wall-clock minutes (validation passes included)')
+  axes.set_ylabel('validation top-1 accuracy')
+  axes.grid(True, alpha=0.3)
+  axes.set_xlim(left=0)
+  if curves:
+    axes.legend(loc='lower right')
+  if title:
+    axes.set_title(title)
+  figure.tight_layout()
+  return render(figure)
 
 
 # ----------------------------------------------------------------------------- confusion
