@@ -27,7 +27,8 @@ from absl import app, flags
 from flax import jax_utils
 from ml_collections import config_flags
 
-from tlb_jax import allocator, config_validation, evaluation, profiling, train, train_state
+from tlb_jax import (allocator, config_validation, evaluation, input_pipeline, profiling, train,
+                     train_state)
 from tlb_jax.models import create_model, layers
 
 FLAGS = flags.FLAGS
@@ -48,6 +49,8 @@ flags.DEFINE_string('profile_dir', None, 'Also trace --profile_steps train steps
                     'where their time goes: forward/backward, in the chunk scan or not, matmuls, '
                     'dropout, the rest.')
 flags.DEFINE_integer('profile_steps', 3, 'Train steps traced with --profile_dir.')
+flags.DEFINE_integer('loop_steps', 0, 'Also time this many steps of the training loop on '
+                     'generated data (`loop_throughput`) against its step; 0: do not.')
 flags.DEFINE_bool('flops', True, 'Count FLOPs and the fraction of peak; this compiles the '
                   'unrolled train and eval steps too, which --noflops skips (timings only).')
 
@@ -132,18 +135,19 @@ def _gflops(lowered) -> float:
   return cost['flops'] / 1e9 if cost and 'flops' in cost else float('nan')
 
 
-def _pmapped_steps(config, num_classes: int):
+def _pmapped_steps(config, num_classes: int, devices=None):
   """Blocking zero-argument callables running the pmapped train and eval steps on fixed
-  batches, and a function giving the compiled train step's HLO text."""
-  devices = jax.local_device_count()
+  batches, and a function giving the compiled train step's HLO text. `devices`: the local
+  devices to run on (default: all)."""
+  devices = devices or jax.local_devices()
   state, train_step, eval_step = _steps(config, num_classes)
-  p_eval = jax.pmap(eval_step, axis_name='batch')
-  shard = lambda b: {k: v.reshape((devices, -1) + v.shape[1:]) for k, v in b.items()}
+  p_eval = jax.pmap(eval_step, axis_name='batch', devices=devices)
+  shard = lambda b: {k: v.reshape((len(devices), -1) + v.shape[1:]) for k, v in b.items()}
   train_batch = shard(_synthetic_batch(config, config.batch_size, num_classes, mask=False))
   eval_batch = shard(_synthetic_batch(config, config.batch_size, num_classes, mask=True))
-  replicated = {'state': jax_utils.replicate(state, axis_name='batch')}
+  replicated = {'state': jax_utils.replicate(state, devices, axis_name='batch')}
   # Compiled ahead of time so that the profile reads the HLO of the very program it traces.
-  p_train = jax.pmap(train_step, axis_name='batch', donate_argnums=(0,)).lower(
+  p_train = jax.pmap(train_step, axis_name='batch', donate_argnums=(0,), devices=devices).lower(
       replicated['state'], train_batch).compile()
 
   def run_train():
@@ -164,6 +168,89 @@ def measure(batch_size: int, steps: dict, repeats: int, warmup: int) -> dict[str
     seconds = median_seconds(fn, repeats, warmup)
     results[name] = {'ms_per_step': seconds * 1e3, 'images_per_s': batch_size / seconds}
   return results
+
+
+def loop_throughput(config, num_classes: int, num_steps: int, log_every: int = 50,
+                    repeats: int = 10, warmup: int = 2) -> dict:
+  """Images/s of the training loop on generated data, against its step's.
+
+  Drives the loop step as `train._train_and_test` does between checkpoints: batches of
+  `input_pipeline.train_batches` on a generated split, prefetched to the devices, dispatched
+  by `train.dispatch_steps`, the carry read at every `log_every`-th step while the next step
+  runs, and once at the end (which waits for every step). Validation, checkpoints and
+  TensorBoard writes are left out. The step's figure is the median of `repeats` calls of the
+  same compiled step on one batch already on the devices, each waited for.
+  """
+  devices = jax.local_device_count()
+  model = create_model(config, num_classes)
+  learning_rate_fn = train_state.create_learning_rate_fn(config, 100, 1000)
+  state = train_state.create_train_state(jax.random.PRNGKey(0), model, config.image_size,
+                                         train_state.create_optimizer(config, learning_rate_fn))
+  holder = {'state': jax_utils.replicate(state, axis_name='batch')}
+  p_loop_step = train.make_loop_step(config, learning_rate_fn)
+  rng = np.random.default_rng(0)
+  num_examples = 4 * config.batch_size
+  split = input_pipeline.Split(
+      images=rng.integers(0, 256, (num_examples, 32, 32, 3), dtype=np.uint8),
+      labels=rng.integers(0, num_classes, (num_examples,)).astype(np.int32))
+  batches = jax_utils.prefetch_to_device(train.with_stop_signal(
+      (input_pipeline.shard(b, devices)
+       for b in input_pipeline.train_batches(split, config.batch_size, config.seed)), [],
+      devices), 2)
+  empty = train.empty_carry()
+  fixed = next(batches)
+
+  def one_step():
+    holder['state'], carry = p_loop_step(holder['state'], empty, fixed)
+    jax.block_until_ready((holder['state'], carry))
+
+  step_seconds = median_seconds(one_step, repeats, warmup)
+
+  def run(state, num_steps):
+    carry, pending, step = empty, None, 0
+    while step < num_steps:
+      until = min(num_steps, (step // log_every + 1) * log_every)
+      state, carry, step = train.dispatch_steps(p_loop_step, state, carry, batches, step,
+                                                step + 1 if pending else until, [])
+      if pending is not None:
+        train.fetch(pending)
+        pending = None
+        if step < until:
+          state, carry, step = train.dispatch_steps(p_loop_step, state, carry, batches, step,
+                                                    until, [])
+      if step < num_steps:
+        jax.tree.map(lambda x: x.copy_to_host_async(), carry)
+        pending, carry = carry, carry.replace(metrics=empty.metrics)
+    train.fetch(carry)
+    return state
+
+  state = run(holder.pop('state'), min(num_steps, log_every))  # a warm pipeline
+  start = time.perf_counter()
+  run(state, num_steps)
+  loop_seconds = time.perf_counter() - start
+  step_images_per_s = config.batch_size / step_seconds
+  loop_images_per_s = num_steps * config.batch_size / loop_seconds
+  return {'batch_size': config.batch_size, 'steps': num_steps, 'log_every_steps': log_every,
+          'step_images_per_s': step_images_per_s, 'loop_images_per_s': loop_images_per_s,
+          'loop_over_step': loop_images_per_s / step_images_per_s}
+
+
+def pmap_scaling(config, num_classes: int, per_device_batch: int, device_counts,
+                 repeats: int, warmup: int) -> list[dict]:
+  """Train-step images/s on the first n local devices for each n of `device_counts`, with
+  `per_device_batch` images per device; `efficiency` is against n times the first count's
+  per-device figure."""
+  rows = []
+  for n in device_counts:
+    c = copy.deepcopy(config)
+    c.batch_size = c.eval_batch_size = n * per_device_batch
+    run_train, _, _ = _pmapped_steps(c, num_classes, devices=jax.local_devices()[:n])
+    rows.append({'devices': n, 'batch_size': c.batch_size,
+                 **measure(c.batch_size, {'train': run_train}, repeats, warmup)['train']})
+  base = rows[0]['images_per_s'] / rows[0]['devices']
+  for row in rows:
+    row['efficiency'] = row['images_per_s'] / (row['devices'] * base)
+  return rows
 
 
 def profile_train_step(run_train, train_hlo_text, log_dir: str, num_steps: int) -> list[dict]:
@@ -266,7 +353,14 @@ def main(argv):
     except config_validation.ConfigError as e:
       print(f'error: {e}', file=sys.stderr)
       sys.exit(2)
+    if FLAGS.loop_steps:
+      result['loop'] = loop_throughput(config, FLAGS.num_classes, FLAGS.loop_steps,
+                                       config.log_every_steps, FLAGS.repeats, FLAGS.warmup)
     print(format_table(result))
+    if 'loop' in result:
+      loop = result['loop']
+      print(f"loop: {loop['loop_images_per_s']:.0f} images/s over {loop['steps']} steps, "
+            f"{100 * loop['loop_over_step']:.1f}% of its step's {loop['step_images_per_s']:.0f}")
     if 'train_profile' in result:
       print(f'\nWhere the train step\'s time goes ({FLAGS.profile_steps} traced steps; trace in '
             f'{FLAGS.profile_dir}):')

@@ -159,6 +159,7 @@ class Checkpoints:
     # Unreadable checkpoints newer than the restored one; set aside before the first save.
     self._unreadable: list[int] = []
     self._restore_noise = None  # installed at the first failed restore, until close()
+    self._abandoned = False
 
   def restore_latest(self, state):
     """Returns the newest readable checkpoint shaped like `state`, or `state` if there is none.
@@ -234,10 +235,16 @@ class Checkpoints:
   def __exit__(self, *exc_info):
     self.close()
 
+  def abandon(self) -> None:
+    """Makes `close` return without waiting for pending saves. A multi-process run whose other
+    process died calls it: Orbax's saves wait for every process, so they would never finish."""
+    self._abandoned = True
+
   def close(self) -> None:
     """Waits for pending saves and releases the manager; `with Checkpoints(...)` calls it."""
-    self.manager.wait_until_finished()
-    self.manager.close()
+    if not self._abandoned:
+      self.manager.wait_until_finished()
+      self.manager.close()
     if self._restore_noise is not None:
       self._restore_noise.remove(settle_s=RESTORE_NOISE_SETTLE_S)
       self._restore_noise = None

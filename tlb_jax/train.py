@@ -276,8 +276,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                              create_optimizer(config, learning_rate_fn))
   with checkpointing.Checkpoints(workdir, config) as checkpoints:
     state = checkpoints.restore_latest(state)
-    return _train_and_test(config, workdir, data, model, state, checkpoints, learning_rate_fn,
-                           steps_per_epoch, total_steps)
+    try:
+      return _train_and_test(config, workdir, data, model, state, checkpoints, learning_rate_fn,
+                             steps_per_epoch, total_steps)
+    except (Interrupted, DivergenceError):
+      raise  # every process stops at the same step: their saves finish
+    except Exception:
+      if jax.process_count() > 1:
+        # Most likely another process died, and pending saves would wait for it forever.
+        checkpoints.abandon()
+      raise
 
 
 def _train_and_test(config, workdir, data, model, state, checkpoints, learning_rate_fn,
@@ -289,7 +297,7 @@ def _train_and_test(config, workdir, data, model, state, checkpoints, learning_r
       workdir, just_logging=jax.process_index() > 0, asynchronous=False)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   run_files.write_config(workdir, config)
-  run_files.write_labels(workdir, data.class_names)
+  run_files.write_labels(workdir, data.class_names, data.superclasses)
   if start_step == 0:
     parameter_overview.log_parameter_overview(state.params)
     writer.write_hparams(config_validation.flatten(config))
@@ -303,8 +311,8 @@ def _train_and_test(config, workdir, data, model, state, checkpoints, learning_r
   p_eval_step = jax.pmap(evaluation.make_eval_step(config, model), axis_name='batch')
   final_views = evaluation.eval_view_args(config, test_time=True)  # final validation and test
   tta = final_views['augmentation'] != 'none'
-  p_final_eval_step = (jax.pmap(evaluation.make_eval_step(config, model, test_time=True),
-                                axis_name='batch') if tta else p_eval_step)
+  p_final_eval_step = jax.pmap(evaluation.make_eval_step(config, model, test_time=True),
+                               axis_name='batch')
 
   eval_every_steps = config.eval_every_epochs * steps_per_epoch
   # Replicate onto the pmap's own axis name: the steps' outputs then have the sharding of
@@ -411,9 +419,12 @@ def _train_and_test(config, workdir, data, model, state, checkpoints, learning_r
     test_start = time.time()
     test = evaluation.evaluate(p_final_eval_step, state.params, data.test,
                                config.eval_batch_size)
+    confusion = test.pop('confusion')
+    per_class = evaluation.class_results(confusion, data.class_names, data.superclasses)
     results.update(evaluation.results_of_test(test, time.time() - test_start),
-                   test_views=final_views)
-    writer.write_scalars(total_steps, {f'test_{k}': v for k, v in test.items()})
+                   test_views=final_views, **per_class)
+    run_files.write_confusion(workdir, confusion)
+    writer.write_scalars(total_steps, evaluation.test_scalars(test, per_class))
   writer.flush()
   checkpoints.wait_until_finished()
   results = run_files.update_results(workdir, results)
