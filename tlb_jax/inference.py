@@ -456,10 +456,17 @@ def write_attention(config: ml_collections.ConfigDict, workdir: str, model, para
       [class_names[i] for i in split.labels[:count]], [class_names[i] for i in predicted],
       outputs['probabilities'].max(-1))
   picture = plots.plot_attention_grid(outputs['images'], maps, titles, colors)
-  path = os.path.join(run_files.plots_dir(workdir), 'attention.png')
+  return _save_picture(picture, workdir, 'attention', writer, step)
+
+
+def _save_picture(picture: np.ndarray, workdir: str, name: str,
+                  writer: metric_writers.MetricWriter | None, step: int) -> str:
+  """Writes workdir/plots/<name>.png and, with a `writer`, the TensorBoard image `name`;
+  returns the PNG's path."""
+  path = os.path.join(run_files.plots_dir(workdir), f'{name}.png')
   plots.save_png(picture, path)
   if writer is not None:
-    writer.write_images(step, {'attention': picture[None]})
+    writer.write_images(step, {name: picture[None]})
     writer.flush()
   return path
 
@@ -478,12 +485,7 @@ def write_confusion(workdir: str, config: ml_collections.ConfigDict,
       None if superclasses is None else superclasses.of_class,
       None if superclasses is None else superclasses.names,
       title=f'{config.model} on {config.dataset}: test confusion (row-normalised)')
-  path = os.path.join(run_files.plots_dir(workdir), 'confusion.png')
-  plots.save_png(picture, path)
-  if writer is not None:
-    writer.write_images(step, {'confusion': picture[None]})
-    writer.flush()
-  return path
+  return _save_picture(picture, workdir, 'confusion', writer, step)
 
 
 def write_run_plots(config: ml_collections.ConfigDict, workdir: str, model, params,
