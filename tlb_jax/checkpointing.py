@@ -9,6 +9,7 @@ import warnings
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
@@ -61,14 +62,26 @@ def start_fresh(workdir: str) -> None:
   _sync_processes('tlb_jax_start_fresh')
 
 
+def _replicated_on_all_devices() -> jax.sharding.NamedSharding:
+  """A sharding that keeps a whole copy on every device of every process."""
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ('devices',))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
 def one_copy(replicated_state):
   """The copy of a pmap-replicated train state that `Checkpoints.save` takes: the first local
   device's; in a multi-process run, one global array per leaf, replicated on every process's
   devices, which Orbax writes once (it refuses arrays local to a process)."""
   if jax.process_count() == 1:
     return jax.tree.map(lambda x: x[0], replicated_state)
-  return jax.tree.map(ocp.utils.fully_replicated_host_local_array_to_global_array,
-                      replicated_state)
+  sharding = _replicated_on_all_devices()
+
+  def global_copy(x):
+    shards = sorted(x.addressable_shards, key=lambda shard: shard.device.id)
+    return jax.make_array_from_single_device_arrays(
+        x.shape[1:], sharding, [shard.data.reshape(x.shape[1:]) for shard in shards])
+
+  return jax.tree.map(global_copy, replicated_state)
 
 
 def check_compatible(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -168,6 +181,13 @@ class Checkpoints:
       CheckpointError: there are checkpoints, but none can be read.
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    multi_process = jax.process_count() > 1
+    if multi_process:  # read as global arrays replicated on every process's devices
+      replicated = _replicated_on_all_devices()
+      abstract = jax.tree.map(
+          lambda s: jax.ShapeDtypeStruct(
+              np.shape(s), jax.dtypes.canonicalize_dtype(np.result_type(s)), sharding=replicated),
+          abstract)  # a Python scalar (the initial step) too: it was saved as an array
     noise = _FailedRestoreNoise()
     noise.install()  # a failed read can report before Orbax raises its error
     restored, self._unreadable = self._restore_newest_readable(abstract)
@@ -180,7 +200,12 @@ class Checkpoints:
       raise CheckpointError(
           f'no checkpoint in {self.directory} can be read (see the warnings above); pass '
           '--fresh to move them aside and start over')
-    return state if restored is None else restored
+    if restored is None:
+      return state
+    if multi_process:  # this process's copy, like `state`
+      restored = jax.tree.map(
+          lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x, restored)
+    return restored
 
   def _restore_newest_readable(self, abstract):
     """Returns (the newest readable checkpoint or None, the newer unreadable steps)."""

@@ -221,7 +221,7 @@ def next_check(step: int, total_steps: int, every: tuple[int, ...]) -> int:
 def fetch(carry: LoopCarry) -> LoopCarry:
   """The carry on the host (the first device's copy; the replicas are equal); waits for the
   step that produced it."""
-  return jax.tree.map(lambda x: np.asarray(x)[0], carry)
+  return jax.tree.map(lambda x: x[0], jax.device_get(carry))
 
 
 def check_finite(first_nonfinite: int, checkpoints: checkpointing.Checkpoints,
