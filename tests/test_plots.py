@@ -198,11 +198,13 @@ def test_trained_tlb_attention_rows_sum_to_one_and_maps_cover_the_image(workdir)
 
 def test_plots_mode_redraws_the_pictures_of_an_existing_workdir(tmp_path_factory):
   copy = trained_run.copy_of_trained_workdir(tmp_path_factory)
-  for name in ('curves.png', 'attention.png'):
+  for name in ('curves.png', 'confusion.png', 'attention.png'):
     os.remove(os.path.join(copy, 'plots', name))
   with mock_cifar(trained_run.MOCK_EXAMPLES):
     paths = inference.write_plots(copy)
   assert paths == [os.path.join(copy, 'plots', 'curves.png'),
+                   os.path.join(copy, 'plots', 'confusion.png'),
                    os.path.join(copy, 'plots', 'attention.png')]
   assert_png(paths[0], plots.CURVES_SIZE)
-  assert_png(paths[1], plots.attention_grid_size(trained_run.NUM_ATTENTION_IMAGES))
+  assert_png(paths[1], plots.CONFUSION_SIZE)
+  assert_png(paths[2], plots.attention_grid_size(trained_run.NUM_ATTENTION_IMAGES))
