@@ -136,8 +136,7 @@ def main(argv):
   try:
     failures = _run(FLAGS.mode)
   except USER_ERRORS as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    _usage_error(str(e))
   except train.DivergenceError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(3)
