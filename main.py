@@ -19,13 +19,25 @@ import logging as std_logging
 import os
 import sys
 
+# TensorFlow only reads and decodes the TFDS files here, so its oneDNN kernels go unused; with
+# them on, TF's two libraries each print a notice about them (and absl's warning that logs before
+# absl::InitializeLog() go to stderr) before the run's first line. Must be set before TF loads;
+# a value in the environment wins.
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+
+# pylint: disable=wrong-import-position
+from tlb_jax import allocator
+
+if __name__ == '__main__':
+  allocator.use_tcmalloc()  # before the heavy imports below, which a restart would repeat
+
 import jax
 import tensorflow as tf
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tlb_jax import (allocator, checkpointing, compare, config_validation, inference,
-                     input_pipeline, run_files, train)
+from tlb_jax import (checkpointing, compare, config_validation, evaluate_run, export,
+                     input_pipeline, predict, restore, run_files, run_plots, train)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard events and results.')
@@ -61,12 +73,18 @@ config_flags.DEFINE_config_file(
     'which default to workdir/config.json).', lock_config=True)
 
 USER_ERRORS = (config_validation.ConfigError, input_pipeline.DataError,
-               inference.InferenceError, checkpointing.CheckpointError, run_files.WorkdirError)
+               restore.InferenceError, checkpointing.CheckpointError, run_files.WorkdirError)
 
 
-def _quiet_orbax(record) -> bool:
-  # Orbax logs every save step by step at INFO; keep its warnings and errors only.
-  return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
+def _quiet_library_info(record) -> bool:
+  """Drops the INFO lines of libraries that tell a user nothing; keeps their warnings and errors.
+
+  Orbax logs every save step by step. JAX logs each accelerator backend it probes and does not
+  find ("Unable to initialize backend 'tpu'"); the backend it does use is in the run's first line.
+  """
+  if record.levelno >= std_logging.WARNING:
+    return True
+  return '/orbax/' not in record.pathname and record.name != 'jax._src.xla_bridge'
 
 
 def _usage_error(message: str):
@@ -124,14 +142,15 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv):
   if len(argv) > 1:
     _usage_error(f'unexpected arguments: {" ".join(argv[1:])}')
-  logging.get_absl_handler().addFilter(_quiet_orbax)
+  logging.get_absl_handler().addFilter(_quiet_library_info)
   # TF is only used to read TFDS files; keep it off the accelerators JAX uses.
   tf.config.experimental.set_visible_devices([], 'GPU')
   if FLAGS.distributed or FLAGS.coordinator_address:
     _initialize_distributed()
   logging.info('JAX process %d/%d, local devices: %s', jax.process_index(), jax.process_count(),
                jax.local_devices())
-  if jax.default_backend() == 'cpu' and allocator.preloaded_allocator() == 'system':
+  if (jax.default_backend() == 'cpu' and allocator.preloaded_allocator() == 'system'
+      and os.environ.get(allocator.OPT_OUT) != 'system'):
     logging.info(allocator.TCMALLOC_HINT)
   try:
     failures = _run(FLAGS.mode)
@@ -202,20 +221,21 @@ def _run(mode: str) -> int:
       raise config_validation.ConfigError('--mode=train needs --config=configs/<name>.py')
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir, fresh=FLAGS.fresh)
   elif mode == 'eval':
-    results = inference.evaluate_checkpoint(FLAGS.workdir, FLAGS.config)
+    results = evaluate_run.evaluate_checkpoint(FLAGS.workdir, FLAGS.config)
+    written = ('exported parameters: nothing written' if restore.is_export(FLAGS.workdir)
+               else f'results in {run_files.results_path(FLAGS.workdir)}')
     print(f'step {results["step"]}: {results["test_split"]} top-1 {results["test_top1"]:.4f}, '
           f'top-5 {results["test_top5"]:.4f}, loss {results["test_loss"]:.4f} on '
-          f'{results["test_examples"]} examples; results in '
-          f'{os.path.join(FLAGS.workdir, "results.json")}')
+          f'{results["test_examples"]} examples; {written}')
   elif mode == 'predict':
     if not FLAGS.images:
       raise config_validation.ConfigError('--mode=predict needs --images=a.png,b.jpg,folder/')
-    return inference.run_predict(FLAGS.workdir, FLAGS.images, FLAGS.attention_dir, FLAGS.config)
+    return predict.run_predict(FLAGS.workdir, FLAGS.images, FLAGS.attention_dir, FLAGS.config)
   elif mode == 'plots':
-    for path in inference.write_plots(FLAGS.workdir, FLAGS.config):
+    for path in run_plots.write_plots(FLAGS.workdir, FLAGS.config):
       print(path)
   elif mode == 'export':
-    print(inference.export(FLAGS.workdir, FLAGS.output, FLAGS.config))
+    print(export.export(FLAGS.workdir, FLAGS.output, FLAGS.config))
   return 0
 
 

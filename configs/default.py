@@ -87,6 +87,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 42
   config.batch_size = 2048
   config.eval_batch_size = 2048
+  config.microbatch_size = 0     # > 0: accumulate each device's gradient over micro-batches of
+                                 # this many images (same update, the memory of one of them)
   config.num_epochs = 30
   config.num_train_steps = -1    # > 0 overrides num_epochs
   config.learning_rate = 1e-4
@@ -98,6 +100,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.adam_b1 = 0.9
   config.adam_b2 = 0.999
   config.adam_eps = 1e-8           # optax's default; Keras AdamW's is 1e-7 (cifar10_seed.py)
+  config.adam_eps_placement = 'optax'  # eps added to sqrt(v_hat); 'keras': to sqrt(v) before
+                                   # the bias correction, as Keras's Adam(W) does (an eps
+                                   # 1/sqrt(1 - adam_b2^t) times larger at step t)
   config.grad_clip_norm = 0.0      # 0 disables clipping
   config.label_smoothing = 0.0
   config.skip_nonfinite_steps = False  # True: a NaN/inf step leaves the state unchanged

@@ -1,4 +1,5 @@
-"""The benchmark command, its profile breakdown, and the allocator check."""
+"""The benchmark command, its profile breakdown, and the allocator: which one is loaded, and
+tcmalloc by default."""
 
 import json
 import os
@@ -8,6 +9,7 @@ import sys
 import jax
 import numpy as np
 import optax
+import pytest
 
 from configs import smoke
 from tlb_jax import allocator, benchmark, profiling
@@ -126,3 +128,52 @@ def test_preloaded_allocator_is_read_from_the_process_memory_map(tmp_path):
   maps.write_text('7f00-7f10 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libc.so.6\n')
   assert allocator.preloaded_allocator(str(maps)) == 'system'
   assert allocator.preloaded_allocator(str(tmp_path / 'missing')) == 'system'
+
+
+def _maps_with(tmp_path, library):
+  maps = tmp_path / 'maps'
+  maps.write_text(f'7f00-7f10 r-xp 0 08:01 1 {library}\n')
+  return str(maps)
+
+
+def test_a_process_on_the_system_malloc_restarts_with_installed_tcmalloc_preloaded(tmp_path):
+  library = tmp_path / 'libtcmalloc_minimal.so.4'
+  library.write_bytes(b'')
+  environment = allocator.tcmalloc_environment(
+      {'LD_PRELOAD': '/opt/other.so', 'HOME': '/root'},
+      maps_path=_maps_with(tmp_path, '/usr/lib/x86_64-linux-gnu/libc.so.6'),
+      candidates=(str(tmp_path / 'absent.so'), str(library)))
+  assert environment == {'LD_PRELOAD': f'{library} /opt/other.so', 'HOME': '/root',
+                         allocator.RESTARTED: '1'}
+
+
+@pytest.mark.parametrize('environ, loaded, installed', [
+    ({allocator.OPT_OUT: 'system'}, 'libc.so.6', True),   # the user opted out
+    ({allocator.RESTARTED: '1'}, 'libc.so.6', True),      # the preload did not take
+    ({}, 'libtcmalloc_minimal.so.4', True),               # already preloaded
+    ({}, 'libjemalloc.so.2', True),                       # another fast malloc is loaded
+    ({}, 'libc.so.6', False),                             # tcmalloc is not installed
+], ids=['opted_out', 'restarted_once', 'tcmalloc_loaded', 'jemalloc_loaded', 'not_installed'])
+def test_a_process_carries_on_as_it_is(tmp_path, environ, loaded, installed):
+  library = tmp_path / 'libtcmalloc_minimal.so.4'
+  if installed:
+    library.write_bytes(b'')
+  assert allocator.tcmalloc_environment(
+      environ, maps_path=_maps_with(tmp_path, f'/usr/lib/{loaded}'),
+      candidates=(str(library),)) is None
+
+
+@pytest.mark.skipif(allocator.installed_tcmalloc() is None, reason='tcmalloc is not installed')
+@pytest.mark.parametrize('opt_out, expected', [(None, 'tcmalloc'), ('system', 'system')])
+def test_use_tcmalloc_restarts_the_command_under_it_unless_opted_out(opt_out, expected):
+  """A command that calls `use_tcmalloc` first runs (as the same command line) under tcmalloc;
+  with TLB_JAX_MALLOC=system it stays on the system malloc."""
+  env = {k: v for k, v in os.environ.items()
+         if k not in ('LD_PRELOAD', allocator.OPT_OUT, allocator.RESTARTED)}
+  if opt_out:
+    env[allocator.OPT_OUT] = opt_out
+  script = ('import sys; from tlb_jax import allocator; allocator.use_tcmalloc(); '
+            'print(allocator.preloaded_allocator(), sys.argv[1:])')
+  process = subprocess.run([sys.executable, '-c', script, 'an', 'argument'], cwd=REPO_ROOT,
+                           env=env, capture_output=True, text=True, timeout=60, check=True)
+  assert process.stdout.split('\n')[0] == f"{expected} ['an', 'argument']"

@@ -1,32 +1,46 @@
-"""benchmarks/gpu_check.sh: its command line, and (slow) a dry run on CPU without the packages a
+"""benchmarks/gpu_check.py: its command line, and (slow) a dry run on CPU without the packages a
 GPU machine may lack."""
 
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(REPO_ROOT, 'benchmarks', 'gpu_check.sh')
 # What a GPU machine with only JAX, flax, optax and orbax lacks.
 MISSING = 'tensorflow,tensorflow_datasets,clu,ml_collections,PIL,matplotlib'
 
 
 def _run(*args, timeout=60):
-  return subprocess.run(['bash', SCRIPT, *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                        timeout=timeout, check=False)
+  return subprocess.run([sys.executable, '-m', 'benchmarks.gpu_check', *args], cwd=REPO_ROOT,
+                        capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def test_script_parses_and_explains_itself():
-  """The script is valid bash; --help prints its description; an unknown argument is one
-  `error:` line and exit 2."""
-  assert subprocess.run(['bash', '-n', SCRIPT], check=False).returncode == 0
+def test_command_line_explains_itself():
+  """--help prints its description; an unknown argument or a bad value is one `error:` line
+  and exit 2."""
   process = _run('--help')
   assert process.returncode == 0 and '--dry-run' in process.stdout
   process = _run('--bogus')
   assert process.returncode == 2
-  assert process.stderr.strip() == 'error: unknown argument --bogus (see --help)'
+  assert process.stderr.strip() == 'error: unrecognized arguments: --bogus (see --help)'
+  process = _run('--budget-s', 'soon')
+  assert process.returncode == 2
+  assert process.stderr.strip() == ("error: argument --budget-s: invalid float value: 'soon' "
+                                    '(see --help)')
+
+
+def test_items_past_the_budget_are_skipped_and_listed(tmp_path):
+  """With no time left, no item starts: summary.json lists each one, most important first, with
+  why it was skipped, and the run still succeeds."""
+  process = _run('--dry-run', '--budget-s', '0', '--out', str(tmp_path))
+  assert process.returncode == 0, process.stderr[-3000:]
+  summary = json.loads((tmp_path / 'summary.json').read_text())
+  assert [item['kind'] for item in summary['items']] == ['step', 'loop', 'scaling']
+  assert all(item['skipped'].startswith('budget: ') for item in summary['items'])
+  assert sorted(path.name for path in tmp_path.iterdir()) == ['summary.json']
 
 
 @pytest.mark.slow

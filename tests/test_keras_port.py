@@ -7,13 +7,12 @@ import functools
 
 import jax
 import numpy as np
-import optax
 import pytest
 
 keras_seed = pytest.importorskip('benchmarks.keras_seed')
 
 from configs import cifar10_seed  # noqa: E402
-from tlb_jax import config_validation, train_state  # noqa: E402
+from tlb_jax import config_validation  # noqa: E402
 from tlb_jax.keras_port import KerasPortError, port_keras_weights  # noqa: E402
 from tlb_jax.models import create_model  # noqa: E402
 from tlb_jax.models.tlb import TLB  # noqa: E402
@@ -130,28 +129,3 @@ def test_unknown_variant_is_a_config_error():
   config.tlb.variant = 'keras'
   with pytest.raises(config_validation.ConfigError, match='tlb.variant'):
     config_validation.validate(config)
-
-
-def test_seed_optimizer_decays_weights_as_keras_adamw():
-  """With epsilon 0 on both sides, `create_optimizer` of the seed config takes the same steps as
-  Keras AdamW: the decoupled decay -lr * wd * w uses the weights before the step, and the Adam
-  part is lr * m_hat / sqrt(v_hat) in both. (They differ only in where epsilon goes: Keras
-  adds it to sqrt(v), optax to sqrt(v_hat).)"""
-  keras = keras_seed.keras
-  config = cifar10_seed.get_config()
-  config.learning_rate, config.weight_decay, config.adam_eps = 1e-2, 0.5, 0.0
-  tx = train_state.create_optimizer(config, optax.constant_schedule(config.learning_rate))
-  rng = np.random.default_rng(0)
-  params = {'w': rng.normal(size=(3, 4)).astype(np.float32),
-            'b': rng.normal(size=(4,)).astype(np.float32)}
-  variables = {k: keras.Variable(v) for k, v in params.items()}
-  optimizer = keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay,
-                                     beta_1=config.adam_b1, beta_2=config.adam_b2, epsilon=0.0)
-  state = tx.init(params)
-  for _ in range(3):
-    grads = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in params.items()}
-    updates, state = tx.update(grads, state, params)
-    params = optax.apply_updates(params, updates)
-    optimizer.apply([grads[k] for k in sorted(grads)], [variables[k] for k in sorted(grads)])
-  for k, v in params.items():
-    np.testing.assert_allclose(np.asarray(v), np.asarray(variables[k]), rtol=1e-5, atol=1e-6)

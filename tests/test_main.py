@@ -18,12 +18,23 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL_DATA_DIR = os.path.join(REPO_ROOT, '..', 'shared', 'tfds')
 HAS_REAL_DATA = os.path.isdir(os.path.join(REAL_DATA_DIR, 'cifar10'))
 SMOKE_STEPS = 4096 // 128  # one epoch of the smoke config's training slice
+# Settings that quiet TensorFlow or keep JAX on the CPU in the tests (conftest.py sets two);
+# without them main.py starts as in a user's shell, where it must quiet the libraries' start-up
+# notices itself.
+TEST_ONLY_ENVIRONMENT = ('TF_CPP_MIN_LOG_LEVEL', 'TF_ENABLE_ONEDNN_OPTS', 'JAX_PLATFORMS')
+START_UP_NOISE = ('oneDNN custom operations',  # TensorFlow, once per library
+                  'absl::InitializeLog',  # absl's warning before the first C++ log line
+                  'Unable to initialize backend')  # JAX's probe of each absent accelerator
 
 
-def _main(*args, timeout=540):
+def _main(*args, timeout=540, env=None):
   """Runs `python main.py ARGS` in the repository -> CompletedProcess (text)."""
   return subprocess.run([sys.executable, 'main.py', *args], cwd=REPO_ROOT, capture_output=True,
-                        text=True, timeout=timeout, check=False)
+                        text=True, timeout=timeout, check=False, env=env)
+
+
+def _users_environment() -> dict[str, str]:
+  return {k: v for k, v in os.environ.items() if k not in TEST_ONLY_ENVIRONMENT}
 
 
 def _error_lines(stderr: str) -> list[str]:
@@ -39,13 +50,14 @@ def _describe(process) -> str:
 
 @pytest.fixture(scope='module')
 def smoke_run(tmp_path_factory):
-  """(workdir, first run, re-run) of configs/smoke.py for one epoch on the real CIFAR-10."""
+  """(workdir, first run, re-run) of configs/smoke.py for one epoch on the real CIFAR-10; the
+  first run starts in the user's environment (`_users_environment`)."""
   if not HAS_REAL_DATA:
     pytest.skip(f'real CIFAR-10 TFDS data not in {REAL_DATA_DIR}')
   workdir = str(tmp_path_factory.mktemp('smoke') / 'run')
   args = ('--config=configs/smoke.py', f'--workdir={workdir}',
           f'--config.data_dir={REAL_DATA_DIR}', '--config.num_epochs=1')
-  first = _main(*args)
+  first = _main(*args, env=_users_environment())
   assert first.returncode == 0, _describe(first)
   with open(os.path.join(workdir, 'results.json')) as f:
     results = f.read()
@@ -87,6 +99,18 @@ def test_smoke_run_results_cover_the_full_test_split(smoke_run):
   assert results['step'] == SMOKE_STEPS
   assert results['resumed_from_step'] == 0
   assert results['dataset'] == 'cifar10' and results['model'] == 'tlb'
+
+
+def test_smoke_run_prints_its_own_lines_first_and_no_library_start_up_notices(smoke_run):
+  """Started as from a user's shell, a run's first line is its own (the JAX process and its
+  devices), its progress lines follow, and TensorFlow's oneDNN notice, absl's warning about
+  logging before absl::InitializeLog() and JAX's probes of absent accelerators are not printed."""
+  _, first, _ = smoke_run
+  process = first['process']
+  for noise in START_UP_NOISE:
+    assert noise not in process.stdout + process.stderr, _describe(process)
+  assert 'JAX process 0/1, local devices' in process.stderr.splitlines()[0], _describe(process)
+  assert 'train_loss=' in process.stderr and 'test_accuracy=' in process.stderr
 
 
 def test_rerun_of_a_finished_run_does_not_retrain(smoke_run):

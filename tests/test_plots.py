@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 import trained_run
 from tfds_mock import mock_cifar
-from tlb_jax import inference, plots
+from tlb_jax import plots, predict, restore, run_plots
 
 
 @pytest.fixture(scope='module')
@@ -176,10 +176,10 @@ def test_curves_of_a_run_have_one_point_per_epoch(workdir):
 
 
 def test_trained_tlb_attention_rows_sum_to_one_and_maps_cover_the_image(workdir):
-  run = inference.restore(workdir)
+  run = restore.restore(workdir)
   images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
-  outputs = inference.predict(inference.make_predict_fn(run.model, run.config, True), run.params,
-                              images)
+  outputs = predict.predict(predict.make_predict_fn(run.model, run.config, True), run.params,
+                            images)
   tlb = run.config.tlb
   side = run.config.image_size // tlb.patch_size
   attention = outputs['attention']
@@ -192,7 +192,7 @@ def test_trained_tlb_attention_rows_sum_to_one_and_maps_cover_the_image(workdir)
   chunk_sums = maps.reshape(3, -1, tlb.chunk_size).sum(-1)
   assert np.all(chunk_sums >= 1 - 1e-5)
   assert np.all(chunk_sums <= min(tlb.num_latents, tlb.chunk_size) + 1e-5)
-  assert inference.upsampled_attention(run.config, attention).shape == (
+  assert predict.upsampled_attention(run.config, attention).shape == (
       3, run.config.image_size, run.config.image_size)
 
 
@@ -201,7 +201,7 @@ def test_plots_mode_redraws_the_pictures_of_an_existing_workdir(tmp_path_factory
   for name in ('curves.png', 'confusion.png', 'attention.png'):
     os.remove(os.path.join(copy, 'plots', name))
   with mock_cifar(trained_run.MOCK_EXAMPLES):
-    paths = inference.write_plots(copy)
+    paths = run_plots.write_plots(copy)
   assert paths == [os.path.join(copy, 'plots', 'curves.png'),
                    os.path.join(copy, 'plots', 'confusion.png'),
                    os.path.join(copy, 'plots', 'attention.png')]

@@ -1,8 +1,10 @@
-"""Tests of inference from a workdir: predict on image files, eval mode, and the CLI's errors."""
+"""Tests of using a trained workdir: predict on image files, eval mode, export, and the CLI's
+errors."""
 
 import io
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -14,7 +16,7 @@ from PIL import Image
 
 import trained_run
 from tfds_mock import mock_cifar
-from tlb_jax import inference, plots
+from tlb_jax import evaluate_run, export, plots, predict, restore
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,10 +56,10 @@ def files(tmp_path_factory):
   return paths
 
 
-def predict(workdir, paths, **kwargs):
+def predict_files(workdir, paths, **kwargs):
   """run_predict -> (failures, stdout lines, stderr lines)."""
   out, err = io.StringIO(), io.StringIO()
-  failures = inference.run_predict(workdir, paths, out=out, err=err, **kwargs)
+  failures = predict.run_predict(workdir, paths, out=out, err=err, **kwargs)
   return failures, out.getvalue().splitlines(), err.getvalue().splitlines()
 
 
@@ -81,7 +83,7 @@ def main_py(*args):
 def test_predict_prints_top5_classes_for_png_jpeg_grayscale_and_rgba(workdir, class_names,
                                                                      files):
   names = ['rgb.png', 'photo.jpg', 'gray.png', 'gray.jpg', 'rgba.png']
-  failures, out, err = predict(workdir, [files[n] for n in names])
+  failures, out, err = predict_files(workdir, [files[n] for n in names])
   assert failures == 0 and err == []
   assert [parse(line)[0] for line in out] == [files[n] for n in names]
   for line in out:
@@ -94,8 +96,8 @@ def test_predict_prints_top5_classes_for_png_jpeg_grayscale_and_rgba(workdir, cl
 
 
 def test_predict_reports_a_corrupt_file_and_still_predicts_the_others(workdir, files):
-  failures, out, err = predict(workdir, [files['rgb.png'], files['corrupt.png'],
-                                         files['photo.jpg']])
+  failures, out, err = predict_files(workdir, [files['rgb.png'], files['corrupt.png'],
+                                               files['photo.jpg']])
   assert failures == 1
   assert [parse(line)[0] for line in out] == [files['rgb.png'], files['photo.jpg']]
   assert len(err) == 1 and err[0].startswith(f'error: {files["corrupt.png"]}: cannot read image')
@@ -105,7 +107,7 @@ def test_predict_reports_missing_files_and_folders_without_images(workdir, files
   missing = str(tmp_path / 'missing.png')
   empty = str(tmp_path / 'empty')
   os.mkdir(empty)
-  failures, out, err = predict(workdir, [missing, empty, files['rgb.png']])
+  failures, out, err = predict_files(workdir, [missing, empty, files['rgb.png']])
   assert failures == 2
   assert [parse(line)[0] for line in out] == [files['rgb.png']]
   assert err[0] == f'error: {missing}: no such file'
@@ -113,21 +115,21 @@ def test_predict_reports_missing_files_and_folders_without_images(workdir, files
 
 
 def test_predict_on_a_folder_reads_its_image_files_in_name_order(workdir, files):
-  failures, out, err = predict(workdir, [files['folder']])
+  failures, out, err = predict_files(workdir, [files['folder']])
   assert [parse(line)[0] for line in out] == [
       files[n] for n in ('gray.jpg', 'gray.png', 'photo.jpg', 'rgb.png', 'rgba.png')]
   assert failures == 1 and len(err) == 1 and files['corrupt.png'] in err[0]  # notes.txt skipped
 
 
 def test_predict_of_a_png_matches_the_eval_pipeline_on_the_same_pixels(workdir, tmp_path):
-  run = inference.restore(workdir)
+  run = restore.restore(workdir)
   pixels = np.random.default_rng(1).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
   path = str(tmp_path / 'cifar_sized.png')
   Image.fromarray(pixels[0]).save(path)
-  predict_fn = inference.make_predict_fn(run.model, run.config, with_attention=False)
-  from_file = inference.predict(predict_fn, run.params,
-                                inference.load_image(path, run.config.image_size)[None])
-  as_eval = inference.predict(predict_fn, run.params, pixels)  # jax resize in the jitted step
+  predict_fn = predict.make_predict_fn(run.model, run.config, with_attention=False)
+  from_file = predict.predict(predict_fn, run.params,
+                              predict.load_image(path, run.config.image_size)[None])
+  as_eval = predict.predict(predict_fn, run.params, pixels)  # jax resize in the jitted step
   np.testing.assert_allclose(from_file['probabilities'], as_eval['probabilities'], atol=1e-2)
 
 
@@ -135,11 +137,11 @@ def test_predict_with_crops_flip_gives_an_image_and_its_mirror_image_the_same_pr
     workdir):
   """The shared run evaluates with test_time_augmentation='crops_flip': its ten views of an
   image and of its mirror image are the same ten views."""
-  run = inference.restore(workdir)
+  run = restore.restore(workdir)
   assert run.config.test_time_augmentation == 'crops_flip'
   pixels = np.random.default_rng(2).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
-  predict_fn = inference.make_predict_fn(run.model, run.config, with_attention=True)
-  original, mirrored = (inference.predict(predict_fn, run.params, x)['probabilities']
+  predict_fn = predict.make_predict_fn(run.model, run.config, with_attention=True)
+  original, mirrored = (predict.predict(predict_fn, run.params, x)['probabilities']
                         for x in (pixels, pixels[:, :, ::-1]))
   np.testing.assert_allclose(original, mirrored, rtol=1e-5, atol=1e-6)
 
@@ -148,19 +150,19 @@ def test_predict_with_crops_flip_gives_an_image_and_its_mirror_image_the_same_pr
 def test_predict_with_attention_gives_the_probabilities_of_predict_without(workdir,
                                                                           augmentation):
   """Scoring the central view with its attention leaves the mean over the views unchanged."""
-  run = inference.restore(workdir)
+  run = restore.restore(workdir)
   run.config.test_time_augmentation = augmentation
   pixels = np.random.default_rng(3).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
   with_maps, without = (
-      inference.predict(inference.make_predict_fn(run.model, run.config, with_attention=flag),
-                        run.params, pixels)['probabilities'] for flag in (True, False))
+      predict.predict(predict.make_predict_fn(run.model, run.config, with_attention=flag),
+                      run.params, pixels)['probabilities'] for flag in (True, False))
   np.testing.assert_allclose(with_maps, without, rtol=1e-5, atol=1e-6)
 
 
 def test_predict_writes_an_attention_overlay_per_image(workdir, files, tmp_path):
   overlays = tmp_path / 'overlays'
-  failures, out, _ = predict(workdir, [files['rgb.png'], files['gray.png']],
-                             attention_dir=str(overlays))
+  failures, out, _ = predict_files(workdir, [files['rgb.png'], files['gray.png']],
+                                   attention_dir=str(overlays))
   assert failures == 0 and len(out) == 2
   assert sorted(os.listdir(overlays)) == ['gray_attention.png', 'rgb_attention.png']
   for name in os.listdir(overlays):
@@ -186,21 +188,21 @@ def test_load_image_converts_any_mode_and_size_to_uint8_rgb_at_image_size(tmp_pa
     image = Image.fromarray(pixels, mode=mode)
   path = str(tmp_path / ('image.tiff' if mode == 'CMYK' else 'image.png'))
   image.save(path)
-  array = inference.load_image(path, 16)
+  array = predict.load_image(path, 16)
   assert array.shape == (16, 16, 3) and array.dtype == np.uint8
 
 
 def test_load_image_composites_transparency_onto_white(tmp_path):
   path = str(tmp_path / 'transparent.png')
   Image.new('RGBA', (10, 10), (0, 0, 0, 0)).save(path)
-  np.testing.assert_array_equal(inference.load_image(path, 8), np.full((8, 8, 3), 255))
+  np.testing.assert_array_equal(predict.load_image(path, 8), np.full((8, 8, 3), 255))
 
 
 def test_load_image_scales_16_bit_grayscale_to_8_bits(tmp_path):
   path = str(tmp_path / 'sixteen.png')
   Image.fromarray(np.full((4, 4), 65535 // 2, np.uint16)).save(path)
   assert Image.open(path).mode == 'I;16'
-  np.testing.assert_array_equal(inference.load_image(path, 4), np.full((4, 4, 3), 127))
+  np.testing.assert_array_equal(predict.load_image(path, 4), np.full((4, 4, 3), 127))
 
 
 # ------------------------------------------------------------------------------------ eval
@@ -212,7 +214,7 @@ def test_eval_mode_writes_results_json_for_the_latest_checkpoint(workdir, tmp_pa
   copy = trained_run.copy_of_trained_workdir(tmp_path_factory)
   os.remove(os.path.join(copy, 'results.json'))
   with mock_cifar(trained_run.MOCK_EXAMPLES):
-    results = inference.evaluate_checkpoint(copy)
+    results = evaluate_run.evaluate_checkpoint(copy)
   with open(os.path.join(copy, 'results.json')) as f:
     assert json.load(f) == results
   assert results['step'] == trained['step']
@@ -229,8 +231,8 @@ def test_eval_mode_without_a_test_split_says_which_flag_to_pass(workdir):
   config = trained_run.config()
   config.test_split = ''
   with mock_cifar(trained_run.MOCK_EXAMPLES), pytest.raises(
-      inference.InferenceError, match="pass --config.test_split=test"):
-    inference.evaluate_checkpoint(workdir, config)
+      restore.InferenceError, match="pass --config.test_split=test"):
+    evaluate_run.evaluate_checkpoint(workdir, config)
 
 
 def test_eval_mode_keeps_the_training_fields_of_results_for_the_same_step(tmp_path_factory):
@@ -238,7 +240,7 @@ def test_eval_mode_keeps_the_training_fields_of_results_for_the_same_step(tmp_pa
   with open(os.path.join(copy, 'results.json')) as f:
     trained = json.load(f)
   with mock_cifar(trained_run.MOCK_EXAMPLES):
-    results = inference.evaluate_checkpoint(copy)
+    results = evaluate_run.evaluate_checkpoint(copy)
   assert results['train_wall_time_s'] == trained['train_wall_time_s']
   assert results['resumed_from_step'] == trained['resumed_from_step']
 
@@ -249,7 +251,7 @@ def test_eval_mode_with_other_views_records_them_for_the_test_and_keeps_the_vali
   config = trained_run.config()
   config.test_time_augmentation = 'flip'
   with mock_cifar(trained_run.MOCK_EXAMPLES):
-    results = inference.evaluate_checkpoint(copy, config)
+    results = evaluate_run.evaluate_checkpoint(copy, config)
   assert results['test_views'] == {'resize_size': 18, 'augmentation': 'flip', 'padding': 0}
   assert results['eval_views'] == {'resize_size': 18, 'augmentation': 'crops_flip',
                                    'padding': 0}
@@ -287,9 +289,9 @@ def test_unusable_workdir_gives_a_one_line_error_and_exit_2(workdir, files, tmp_
 
 @pytest.fixture(scope='module')
 def exported(workdir, tmp_path_factory):
-  """The shared workdir exported by `inference.export` (parameters only)."""
+  """The shared workdir exported by `export.export` (parameters only)."""
   output = str(tmp_path_factory.mktemp('exported') / 'run')
-  assert inference.export(workdir, output) == output
+  assert export.export(workdir, output) == output
   return output
 
 
@@ -304,7 +306,7 @@ def test_export_writes_parameters_config_labels_and_results_without_checkpoints(
 
 def test_exported_parameters_restore_equal_to_the_checkpoints(workdir, exported):
   """restore() of an export gives the checkpoint's step and exactly its parameters."""
-  original, restored = inference.restore(workdir), inference.restore(exported)
+  original, restored = restore.restore(workdir), restore.restore(exported)
   assert restored.step == original.step
   flat = lambda params: {jax.tree_util.keystr(k): np.asarray(v)
                          for k, v in jax.tree_util.tree_flatten_with_path(params)[0]}
@@ -321,13 +323,26 @@ def test_eval_mode_on_an_export_reproduces_the_runs_test_figures(exported, tmp_p
   with open(os.path.join(copy, 'results.json')) as f:
     trained = json.load(f)
   with mock_cifar(trained_run.MOCK_EXAMPLES):
-    results = inference.evaluate_checkpoint(copy)
+    results = evaluate_run.evaluate_checkpoint(copy)
   assert results['test_top1'] == pytest.approx(trained['test_top1'])
   assert results['test_loss'] == pytest.approx(trained['test_loss'], rel=1e-5)
   assert results['train_wall_time_s'] == trained['train_wall_time_s']
 
 
+def _file_contents(directory) -> dict[str, bytes]:
+  return {str(path): path.read_bytes() for path in pathlib.Path(directory).rglob('*')
+          if path.is_file()}
+
+
+def test_eval_mode_leaves_an_exported_directory_unchanged(exported):
+  """Scoring shipped parameters writes no file into their directory."""
+  before = _file_contents(exported)
+  with mock_cifar(trained_run.MOCK_EXAMPLES):
+    evaluate_run.evaluate_checkpoint(exported)
+  assert _file_contents(exported) == before
+
+
 def test_export_refuses_to_overwrite_an_earlier_export(workdir, exported):
   """An --output that already holds exported parameters is an InferenceError."""
-  with pytest.raises(inference.InferenceError, match='already holds exported parameters'):
-    inference.export(workdir, exported)
+  with pytest.raises(restore.InferenceError, match='already holds exported parameters'):
+    export.export(workdir, exported)

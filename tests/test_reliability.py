@@ -23,8 +23,8 @@ import pytest
 
 import trained_run
 from test_main import HAS_REAL_DATA, REAL_DATA_DIR, REPO_ROOT, _describe, _main
-from test_train import (MOCK_EXAMPLES, _assert_trees_equal, _batch, _first, _restore_raw,
-                        _resume_config, _run_steps, tiny)  # pylint: disable=unused-import
+from test_train import (MOCK_EXAMPLES, _assert_trees_equal, _batch, _checkpoint_metadata,
+                        _first, _restore_raw, _resume_config, _run_steps, tiny)  # pylint: disable=unused-import
 from tfds_mock import mock_cifar
 from tlb_jax import checkpointing, train, train_state
 from tlb_jax.models import create_model
@@ -375,8 +375,12 @@ def test_signal_saves_at_the_stop_step_and_resume_equals_uninterrupted_run(
   assert process.returncode == exit_code, log[-3000:]
   stop = int(re.search(rf'{signum.name} received: stopped at step (\d+)', log).group(1))
   assert stop < KILL_STEPS and _steps(workdir)[-1] == stop
+  first_segment = _checkpoint_metadata(workdir, stop)
   results = _finish_and_compare(workdir, reference)
   assert results['resumed_from_step'] == stop
+  # The training time covers both segments.
+  assert first_segment['train_segments'] == 1 and results['train_segments'] == 2
+  assert results['train_wall_time_s'] > first_segment['train_seconds']
 
 
 @pytest.mark.slow
@@ -398,4 +402,11 @@ def test_sigkill_after_and_during_saves_then_resume_equals_uninterrupted_run(
   process.kill()
   assert process.wait(timeout=60) == -signal.SIGKILL
   assert _steps(workdir)[-1] < KILL_STEPS
-  _finish_and_compare(workdir, reference)
+  # The segments whose checkpoints survived: the first, and the second if it saved one before
+  # its kill. The time of the work after a segment's last checkpoint is not counted: it is
+  # trained again.
+  before_resume = _checkpoint_metadata(workdir, _steps(workdir)[-1])
+  assert before_resume['train_segments'] in (1, 2)
+  results = _finish_and_compare(workdir, reference)
+  assert results['train_segments'] == before_resume['train_segments'] + 1
+  assert results['train_wall_time_s'] > before_resume['train_seconds']

@@ -4,6 +4,7 @@ import functools
 import json
 import os
 import shutil
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -15,8 +16,8 @@ from flax import jax_utils
 
 from configs import cifar10, smoke
 from tfds_mock import mock_cifar
-from tlb_jax import (augment, checkpointing, evaluation, input_pipeline, plots, train,
-                     train_state)
+from tlb_jax import (augment, checkpointing, evaluation, input_pipeline, plots, run_files,
+                     train, train_state)
 from tlb_jax.models.tlb import TLB
 
 NUM_CLASSES = 10
@@ -109,6 +110,27 @@ def test_two_device_step_equals_one_device_step_on_the_global_batch(tiny):
   # The step did change the parameters.
   changed = jax.tree.map(lambda a, b: np.abs(np.asarray(a) - np.asarray(b)).max(),
                          _first(one.params), state.params)
+  assert max(jax.tree.leaves(changed)) > 1e-4
+
+
+@pytest.mark.parametrize('num_devices, mixup_alpha', [(1, 0.0), (2, 0.0), (1, 0.4)],
+                         ids=['one_device', 'two_devices', 'mixup'])
+def test_microbatch_accumulation_gives_the_whole_batch_step(tiny, num_devices, mixup_alpha):
+  """Accumulating the gradient over micro-batches of 2 images gives the parameters and metrics
+  of the step on the whole batch of 8 (SGD, as above: the update is linear in the gradient)."""
+  _, adam_state, step = tiny
+  sgd = optax.sgd(1.0)
+  state = adam_state.replace(tx=sgd, opt_state=sgd.init(adam_state.params))
+  whole_step = functools.partial(step, mixup_alpha=mixup_alpha)
+  micro_step = functools.partial(step, mixup_alpha=mixup_alpha, microbatch_size=2)
+  batch = _batch(8)
+  whole, whole_metrics = _run_steps(whole_step, state, batch, num_devices=1)
+  micro, micro_metrics = _run_steps(micro_step, state, batch, num_devices=num_devices)
+  _assert_trees_equal(_first(micro.params), _first(whole.params), rtol=1e-5, atol=1e-6)
+  for name in ('loss', 'accuracy', 'top5_accuracy'):
+    np.testing.assert_allclose(micro_metrics[name], whole_metrics[name], rtol=1e-5)
+  changed = jax.tree.map(lambda a, b: np.abs(np.asarray(a) - np.asarray(b)).max(),
+                         _first(micro.params), state.params)
   assert max(jax.tree.leaves(changed)) > 1e-4
 
 
@@ -303,6 +325,90 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
   assert resumed_results['test_examples'] == full_results['test_examples'] == MOCK_EXAMPLES
   with open(os.path.join(resumed, 'results.json')) as f:
     assert json.load(f)['resumed_from_step'] == RESUME_AT
+
+
+CHANGED_LEARNING_RATE = 5e-4
+
+
+@pytest.fixture(scope='module')
+def resumed_with_a_change(tmp_path_factory):
+  """(a run of 6 steps, its copy stopped after step 3 and resumed with a changed learning rate,
+  the resumed run's results, the messages it logged)."""
+  config = _resume_config()
+  full = str(tmp_path_factory.mktemp('full') / 'run')
+  resumed = str(tmp_path_factory.mktemp('resumed') / 'run')
+  with mock_cifar(MOCK_EXAMPLES):
+    train.train_and_evaluate(config, full)
+    shutil.copytree(full, resumed)
+    os.remove(os.path.join(resumed, 'results.json'))
+    for step in range(RESUME_AT + 1, RESUME_STEPS + 1):
+      shutil.rmtree(os.path.join(resumed, 'checkpoints', str(step)))
+    config.learning_rate = CHANGED_LEARNING_RATE
+    with mock.patch.object(run_files.logging, 'warning', wraps=run_files.logging.warning) as warn:
+      results = train.train_and_evaluate(config, resumed)
+  return full, resumed, results, [call.args[0] % call.args[1:] for call in warn.call_args_list]
+
+
+def _checkpoint_metadata(workdir, step):
+  with ocp.CheckpointManager(os.path.join(workdir, 'checkpoints')) as manager:
+    return manager.metadata(step).custom_metadata
+
+
+def test_each_checkpoint_records_the_training_time_and_segments_up_to_it(resumed_with_a_change):
+  full, resumed, _, _ = resumed_with_a_change
+  readings = [_checkpoint_metadata(full, step) for step in range(1, RESUME_STEPS + 1)]
+  assert [r['train_segments'] for r in readings] == [1] * RESUME_STEPS
+  seconds = [r['train_seconds'] for r in readings]
+  assert all(0 < a < b for a, b in zip(seconds, seconds[1:])), seconds
+  assert _checkpoint_metadata(resumed, RESUME_STEPS)['train_segments'] == 2
+
+
+def test_a_resumed_runs_training_time_adds_its_segments(resumed_with_a_change):
+  """results.json's training time and speed cover both segments: the first's time, read from
+  the checkpoint the run resumed from, plus the second's."""
+  _, resumed, results, _ = resumed_with_a_change
+  first_segment = _checkpoint_metadata(resumed, RESUME_AT)['train_seconds']
+  assert results['train_segments'] == 2
+  assert results['train_wall_time_s'] > first_segment
+  assert results['train_images_per_s'] == pytest.approx(
+      RESUME_STEPS * _resume_config().batch_size / results['train_wall_time_s'])
+
+
+def test_a_field_changed_on_resume_is_logged_and_recorded_beside_the_first_config(
+    resumed_with_a_change):
+  """config.json stays the config the run started with; config_changes.json records the
+  change at the resume step, and the workdir's config (eval, predict) is the changed one."""
+  full, resumed, _, messages = resumed_with_a_change
+  old = _resume_config().learning_rate
+  assert [m for m in messages if 'changed fields' in m] == [
+      f'Resuming at step {RESUME_AT} with changed fields: learning_rate {old!r} -> '
+      f'{CHANGED_LEARNING_RATE!r} (recorded in {resumed}/config_changes.json)']
+  with open(os.path.join(full, 'config.json')) as f, \
+      open(os.path.join(resumed, 'config.json')) as g:
+    assert f.read() == g.read()
+  with open(os.path.join(resumed, 'config_changes.json')) as f:
+    assert json.load(f) == {'segments': [
+        {'step': RESUME_AT, 'changes': {'learning_rate': [old, CHANGED_LEARNING_RATE]}}]}
+  assert run_files.load_config(resumed).learning_rate == CHANGED_LEARNING_RATE
+
+
+def test_a_finished_run_rerun_with_a_changed_field_keeps_its_record(resumed_with_a_change,
+                                                                    tmp_path):
+  """Rerunning a finished run with another learning rate trains nothing and changes neither
+  config.json nor config_changes.json; the log says the change is not used."""
+  _, resumed, results, _ = resumed_with_a_change
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(resumed, workdir)
+  before = {name: open(os.path.join(workdir, name)).read()
+            for name in ('config.json', 'config_changes.json')}
+  config = _resume_config()
+  config.learning_rate = 0.5
+  with mock_cifar(MOCK_EXAMPLES), \
+      mock.patch.object(run_files.logging, 'warning') as warn:
+    assert train.train_and_evaluate(config, workdir) == results
+  assert {name: open(os.path.join(workdir, name)).read() for name in before} == before
+  assert 'finished at step 6; its changed fields are not used: learning_rate' in (
+      warn.call_args.args[0] % warn.call_args.args[1:])
 
 
 def test_run_without_a_test_split_reports_final_validation_and_no_test(tmp_path):

@@ -371,4 +371,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  allocator.use_tcmalloc()
   app.run(main)

@@ -6,6 +6,8 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import ml_collections
@@ -50,10 +52,10 @@ def _sync_processes(name: str) -> None:
 
 
 def start_fresh(workdir: str) -> None:
-  """Moves an earlier run's checkpoints and results aside (never deletes them); in a
-  multi-process run, process 0 moves them while the others wait."""
+  """Moves an earlier run's checkpoints, results and config changes aside (never deletes them);
+  in a multi-process run, process 0 moves them while the others wait."""
   stamp = time.strftime('%Y%m%d-%H%M%S')
-  for name in ('checkpoints', 'results.json'):
+  for name in ('checkpoints', run_files.RESULTS, run_files.CONFIG_CHANGES):
     path = os.path.join(workdir, name)
     if jax.process_index() == 0 and os.path.exists(path):
       root, ext = os.path.splitext(path)
@@ -162,13 +164,20 @@ class _FailedRestoreNoise(std_logging.Filter):
 class Checkpoints:
   """Periodic saves that keep the last `config.keep_checkpoints`, and restore of the latest
   readable one (an unreadable latest checkpoint falls back to the one before). A context
-  manager: leaving the block waits for pending saves and closes the manager."""
+  manager: leaving the block waits for pending saves and closes the manager.
+
+  Each checkpoint also keeps a small dict of metadata beside the state: what `metadata_fn`
+  returns when it is saved (the run's `TrainingClock.reading`), and `restored_metadata` is that
+  of the checkpoint `restore_latest` restored ({} if none, or a checkpoint saved without).
+  """
 
   def __init__(self, workdir: str, config: ml_collections.ConfigDict):
     self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True))
+    self.metadata_fn: Callable[[], dict[str, Any]] | None = None
+    self.restored_metadata: dict[str, Any] = {}
     # Unreadable checkpoints newer than the restored one; set aside before the first save.
     self._unreadable: list[int] = []
     self._restore_noise = None  # installed at the first failed restore, until close()
@@ -220,6 +229,7 @@ class Checkpoints:
         unreadable.append(step)
         continue
       logging.info('Restored checkpoint at step %d from %s', step, self.directory)
+      self.restored_metadata = dict(self.manager.metadata(step).custom_metadata or {})
       return restored, unreadable
     return None, unreadable
 
@@ -227,7 +237,8 @@ class Checkpoints:
     """Saves asynchronously; `close` waits for pending saves."""
     if self._unreadable:
       self._set_aside_unreadable()
-    self.manager.save(step, args=ocp.args.StandardSave(state))
+    self.manager.save(step, args=ocp.args.StandardSave(state),
+                      custom_metadata=self.metadata_fn() if self.metadata_fn else None)
 
   def _set_aside_unreadable(self) -> None:
     """Renames the unreadable checkpoints newer than the restored one (never deletes them).

@@ -12,6 +12,7 @@ from tlb_jax.augment import TEST_TIME_AUGMENTATIONS
 from tlb_jax.input_pipeline import DATASETS
 from tlb_jax.models import MODELS
 from tlb_jax.models.layers import POWER_OF_TWO_TOKENIZERS, TOKENIZERS
+from tlb_jax.train_state import ADAM_EPS_PLACEMENTS
 
 DTYPES = ('auto', 'float32', 'bfloat16', 'float16')
 LR_SCHEDULES = ('constant', 'warmup_cosine')
@@ -36,10 +37,11 @@ FIELDS = (
     'model', 'dtype', 'dataset', 'data_dir', 'train_split', 'eval_split', 'test_split',
     'resize_size', 'image_size', 'crop_padding', 'random_flip', 'mixup_alpha', 'cutmix_alpha',
     'eval_resize_size', 'test_time_augmentation', 'seed', 'batch_size', 'eval_batch_size',
-    'num_epochs', 'num_train_steps', 'learning_rate', 'lr_schedule', 'warmup_epochs',
-    'min_learning_rate', 'weight_decay', 'weight_decay_on', 'adam_b1', 'adam_b2', 'adam_eps',
-    'grad_clip_norm', 'label_smoothing', 'skip_nonfinite_steps', 'log_every_steps',
-    'eval_every_epochs', 'checkpoint_every_steps', 'keep_checkpoints', 'num_attention_images')
+    'microbatch_size', 'num_epochs', 'num_train_steps', 'learning_rate', 'lr_schedule',
+    'warmup_epochs', 'min_learning_rate', 'weight_decay', 'weight_decay_on', 'adam_b1', 'adam_b2', 'adam_eps',
+    'adam_eps_placement', 'grad_clip_norm', 'label_smoothing', 'skip_nonfinite_steps',
+    'log_every_steps', 'eval_every_epochs', 'checkpoint_every_steps', 'keep_checkpoints',
+    'num_attention_images')
 
 
 def model_fields(model: str) -> tuple[str, ...]:
@@ -88,6 +90,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   _choice('dtype', config.dtype, DTYPES)
   _choice('lr_schedule', config.lr_schedule, LR_SCHEDULES)
   _choice('weight_decay_on', config.weight_decay_on, WEIGHT_DECAY_ON)
+  _choice('adam_eps_placement', config.adam_eps_placement, ADAM_EPS_PLACEMENTS)
   for field in POSITIVE_INTS:
     _positive(field, config[field])
   if not config.eval_split and not config.test_split:
@@ -125,6 +128,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     if config[field] % num_devices:
       raise ConfigError(f'--config.{field}={config[field]} must be divisible by the '
                         f'{num_devices} devices')
+  per_device = config.batch_size // num_devices
+  if not (isinstance(config.microbatch_size, int) and config.microbatch_size >= 0
+          and (config.microbatch_size == 0 or per_device % config.microbatch_size == 0)):
+    raise ConfigError(f'--config.microbatch_size={config.microbatch_size!r} must be 0 (off) or '
+                      f'divide the {per_device} images of a device\'s batch '
+                      f'(--config.batch_size={config.batch_size} on {num_devices} devices)')
 
   model = config[config.model]
   for field, allowed in MODEL_CHOICES[config.model].items():

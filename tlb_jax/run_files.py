@@ -1,6 +1,10 @@
 """The files of a run's workdir besides its checkpoints and TensorBoard events.
 
-  config.json   the run's config (what eval, predict, plots and export rebuild the model from)
+  config.json   the config the run started with
+  config_changes.json  fields changed when the run was resumed: [{'step': S, 'changes':
+                {'field': [old, new]}}], in order; config.json with these applied is the
+                config the run last trained with (`load_config`: what eval, predict, plots and
+                export rebuild the model from)
   labels.json   {'class_names': [...]}, and for CIFAR-100 'superclass_names' and
                 'superclass_of_class' (the superclass of each class)
   results.json  final figures: training, validation and test (`update_results`)
@@ -18,10 +22,12 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 
 from tlb_jax import config_validation, input_pipeline
 
 CONFIG = 'config.json'
+CONFIG_CHANGES = 'config_changes.json'
 LABELS = 'labels.json'
 RESULTS = 'results.json'
 CONFUSION = 'test_confusion.npy'
@@ -67,10 +73,89 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   _write_json(os.path.join(workdir, CONFIG), config.to_dict())
 
 
+def _flat(config: dict[str, Any], prefix: str = '') -> dict[str, Any]:
+  """{'tlb': {'embed_dim': 64}} -> {'tlb.embed_dim': 64}."""
+  flat = {}
+  for key, value in config.items():
+    if isinstance(value, dict):
+      flat.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def _with_changes(config: dict[str, Any], changes: list[dict[str, Any]]) -> dict[str, Any]:
+  """`config` (a nested dict) with every [old, new] change of `changes` set to new."""
+  config = json.loads(json.dumps(config))  # a deep copy
+  for record in changes:
+    for field, (_, new) in record['changes'].items():
+      *sections, name = field.split('.')
+      section = config
+      for key in sections:
+        section = section.setdefault(key, {})
+      section[name] = new
+  return config
+
+
+def _config_changes(workdir: str) -> list[dict[str, Any]]:
+  path = os.path.join(workdir, CONFIG_CHANGES)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    try:
+      return json.load(f)['segments']
+    except (ValueError, KeyError) as e:
+      raise WorkdirError(f'cannot read {path}: {e}') from None
+
+
+def changed_fields(saved: dict[str, Any], config: ml_collections.ConfigDict
+                   ) -> dict[str, list[Any]]:
+  """{field: [saved value, value in `config`]} for every field whose value differs."""
+  old, new = _flat(saved), _flat(json.loads(json.dumps(config.to_dict())))
+  return {field: [old.get(field), value] for field, value in sorted(new.items())
+          if old.get(field) != value}
+
+
+def record_config(workdir: str, config: ml_collections.ConfigDict, step: int,
+                  trains: bool = True) -> None:
+  """Keeps the record of how the run in `workdir` is trained from `step` on.
+
+  At step 0 (a new run) `config` becomes config.json. On a resume, the fields that differ from
+  the config the run last trained with are named in one log line and, if the run `trains`
+  further (it has not finished), appended to config_changes.json with `step`; config.json
+  itself is never rewritten.
+  """
+  if jax.process_index() != 0:
+    return
+  changes_path = os.path.join(workdir, CONFIG_CHANGES)
+  saved = saved_config(workdir)
+  if step == 0 or saved is None:
+    if os.path.exists(changes_path):
+      os.remove(changes_path)  # of an earlier start that saved no checkpoint
+    write_config(workdir, config)
+    return
+  changes = changed_fields(saved, config)
+  if not changes:
+    return
+  described = ', '.join(f'{k} {old!r} -> {new!r}' for k, (old, new) in changes.items())
+  if not trains:
+    logging.warning('The run finished at step %d; its changed fields are not used: %s',
+                    step, described)
+    return
+  logging.warning('Resuming at step %d with changed fields: %s (recorded in %s)', step,
+                  described, changes_path)
+  _write_json(changes_path,
+              {'segments': _config_changes(workdir) + [{'step': step, 'changes': changes}]})
+
+
 def saved_config(workdir: str) -> dict[str, Any] | None:
-  """The workdir's config.json as a dict, or None if it has none."""
+  """The config the run in `workdir` last trained with (config.json with the changes of
+  config_changes.json applied) as a dict, or None if it has no config.json."""
   path = os.path.join(workdir, CONFIG)
-  return _read_json(workdir, CONFIG, 'the run\'s config') if os.path.exists(path) else None
+  if not os.path.exists(path):
+    return None
+  started = _read_json(workdir, CONFIG, 'the run\'s config')
+  return _with_changes(started, _config_changes(workdir))
 
 
 def check_current_fields(workdir: str, saved: dict[str, Any]) -> None:
@@ -87,7 +172,9 @@ def check_current_fields(workdir: str, saved: dict[str, Any]) -> None:
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a workdir was trained with."""
   check_workdir(workdir)
-  saved = _read_json(workdir, CONFIG, 'the run\'s config')
+  saved = saved_config(workdir)
+  if saved is None:
+    _read_json(workdir, CONFIG, 'the run\'s config')  # raises, saying what is missing
   check_current_fields(workdir, saved)
   return ml_collections.ConfigDict(saved)
 
@@ -125,18 +212,22 @@ def load_results(workdir: str) -> dict[str, Any]:
   return _read_json(workdir, RESULTS, 'the run\'s results')
 
 
-def update_results(workdir: str, fields: dict[str, Any]) -> dict[str, Any]:
-  """Writes `fields` (which hold 'step') to results.json, keeping the other fields of an existing
-  results.json of the same step (a re-evaluation keeps the training figures); returns the whole.
-  """
-  results = dict(fields)
+def merged_results(workdir: str, fields: dict[str, Any]) -> dict[str, Any]:
+  """`fields` (which hold 'step') with the other fields of the workdir's results.json if it is
+  of the same step (a re-evaluation keeps the training figures)."""
   if os.path.exists(results_path(workdir)):
     try:
       previous = load_results(workdir)
     except WorkdirError:
       previous = {}
     if previous.get('step') == fields['step']:
-      results = {**previous, **fields}
+      return {**previous, **fields}
+  return dict(fields)
+
+
+def update_results(workdir: str, fields: dict[str, Any]) -> dict[str, Any]:
+  """Writes `merged_results(workdir, fields)` to results.json and returns it."""
+  results = merged_results(workdir, fields)
   _write_json(results_path(workdir), results)
   return results
 

@@ -6,6 +6,7 @@ batches and dropout masks an uninterrupted one would have used.
 """
 
 import contextlib
+import dataclasses
 import functools
 import os
 import signal
@@ -23,8 +24,8 @@ from absl import logging
 from clu import metric_writers, metrics, parameter_overview, periodic_actions
 from flax import jax_utils
 
-from tlb_jax import (augment, checkpointing, config_validation, evaluation, inference,
-                     input_pipeline, run_files)
+from tlb_jax import (augment, checkpointing, config_validation, evaluation, input_pipeline,
+                     run_files, run_plots, training_clock)
 from tlb_jax.models import create_model
 from tlb_jax.train_state import (TrainState, create_learning_rate_fn, create_optimizer,
                                  create_train_state)
@@ -42,12 +43,17 @@ class TrainMetrics(metrics.Collection):
 def train_step(state: TrainState, batch, *, learning_rate_fn, resize_size: int,
                image_size: int, random_flip: bool, label_smoothing: float, crop_padding: int = 0,
                mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
-               skip_nonfinite_steps: bool = False):
+               skip_nonfinite_steps: bool = False, microbatch_size: int = 0):
   """One AdamW step on a per-device batch; gradients and metrics are averaged over 'batch'.
 
   With `mixup_alpha` or `cutmix_alpha` > 0 the augmented images are blended in pairs
   (`augment.mix_batch`) and the loss weighs both labels; the accuracy metrics still compare
   against each image's own label.
+
+  With `microbatch_size` > 0 (a divisor of the per-device batch) the gradient is accumulated
+  over micro-batches of that many images, one after the other, so the step's activations take
+  the memory of one micro-batch; the update is the whole batch's (dropout masks are drawn per
+  micro-batch).
 
   A step whose loss or gradient is not finite is reported in the metrics ('nonfinite'); with
   `skip_nonfinite_steps` it leaves parameters and optimizer state unchanged (the step count
@@ -67,23 +73,29 @@ def train_step(state: TrainState, batch, *, learning_rate_fn, resize_size: int,
                                     image_size=image_size, flip=random_flip,
                                     padding=crop_padding)
   labels = batch['label']
-  mixing = mixup_alpha > 0 or cutmix_alpha > 0
-  if mixing:
+  targets = [(labels, 1.0)]  # (labels, weight of their loss)
+  if mixup_alpha > 0 or cutmix_alpha > 0:
     # fold_in rather than a wider split keeps the crop, flip and dropout draws of unmixed runs.
     images, own_label_weight = augment.mix_batch(
         jax.random.fold_in(augment_rng, 2), images, mixup_alpha=mixup_alpha,
         cutmix_alpha=cutmix_alpha)
+    targets = [(labels, own_label_weight), (augment.partners(labels), 1.0 - own_label_weight)]
 
-  def loss_fn(params):
+  def loss_fn(params, images, targets, dropout_rng):
     logits = state.apply_fn({'params': params}, images, train=True,
                             rngs={'dropout': dropout_rng})
-    losses = evaluation.cross_entropy_loss(logits, labels, label_smoothing)
-    if mixing:
-      losses = (own_label_weight * losses + (1.0 - own_label_weight)
-                * evaluation.cross_entropy_loss(logits, augment.partners(labels), label_smoothing))
+    losses = evaluation.cross_entropy_loss(logits, targets[0][0], label_smoothing)
+    if len(targets) > 1:
+      losses = targets[0][1] * losses + targets[1][1] * evaluation.cross_entropy_loss(
+          logits, targets[1][0], label_smoothing)
     return losses.mean(), (losses, logits)
 
-  grads, (losses, logits) = jax.grad(loss_fn, has_aux=True)(state.params)
+  if microbatch_size <= 0 or microbatch_size == labels.shape[0]:
+    grads, (losses, logits) = jax.grad(loss_fn, has_aux=True)(
+        state.params, images, targets, dropout_rng)
+  else:
+    grads, losses, logits = _accumulated_gradients(loss_fn, state.params, images, targets,
+                                                   dropout_rng, microbatch_size)
   grads = jax.lax.pmean(grads, axis_name='batch')
   finite = (jnp.isfinite(optax.tree.norm(grads))
             & jnp.isfinite(jax.lax.pmean(losses.mean(), axis_name='batch')))
@@ -95,6 +107,38 @@ def train_step(state: TrainState, batch, *, learning_rate_fn, resize_size: int,
       loss=losses, logits=logits, labels=labels, top5_correct=evaluation.top5_correct(logits, labels),
       learning_rate=learning_rate_fn(state.step), nonfinite=1.0 - finite.astype(jnp.float32))
   return new_state, step_metrics
+
+
+def _accumulated_gradients(loss_fn, params, images, targets, dropout_rng, microbatch_size: int):
+  """The gradient of the mean loss over the batch, summed over micro-batches of
+  `microbatch_size` images in a `lax.scan` (one micro-batch's activations live at a time).
+
+  Args:
+    loss_fn: (params, images, targets, dropout_rng) -> (mean loss, (losses, logits)).
+    images: (b, h, w, 3); targets: [(labels (b,), weight)], b a multiple of microbatch_size.
+
+  Returns:
+    (gradients, losses (b,), logits (b, num_classes)).
+  """
+  batch = images.shape[0]
+  count = batch // microbatch_size
+  split = lambda x: x.reshape((count, microbatch_size) + x.shape[1:])
+  weights = [weight for _, weight in targets]
+
+  def accumulate(grads, micro_batch):
+    index, micro_images, micro_labels = micro_batch
+    part_grads, (losses, logits) = jax.grad(loss_fn, has_aux=True)(
+        params, micro_images, list(zip(micro_labels, weights)),
+        jax.random.fold_in(dropout_rng, index))
+    # Each micro-batch's mean loss weighs 1/count of the batch's mean.
+    grads = jax.tree.map(lambda total, part: total + part / count, grads, part_grads)
+    return grads, (losses, logits)
+
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  grads, (losses, logits) = jax.lax.scan(
+      accumulate, zeros,
+      (jnp.arange(count), split(images), [split(labels) for labels, _ in targets]))
+  return grads, losses.reshape(batch), logits.reshape((batch,) + logits.shape[2:])
 
 
 class Interrupted(Exception):
@@ -132,8 +176,8 @@ def make_train_step(config: ml_collections.ConfigDict, learning_rate_fn: optax.S
       train_step, learning_rate_fn=learning_rate_fn, resize_size=config.resize_size,
       image_size=config.image_size, random_flip=config.random_flip,
       label_smoothing=config.label_smoothing, crop_padding=config.crop_padding,
-      mixup_alpha=config.mixup_alpha,
-      cutmix_alpha=config.cutmix_alpha, skip_nonfinite_steps=config.skip_nonfinite_steps)
+      mixup_alpha=config.mixup_alpha, cutmix_alpha=config.cutmix_alpha,
+      skip_nonfinite_steps=config.skip_nonfinite_steps, microbatch_size=config.microbatch_size)
 
 
 # `LoopCarry.first_nonfinite` while every step so far was finite: a step no run reaches.
@@ -244,6 +288,42 @@ def _write_train_scalars(writer, step: int, steps_per_epoch: int, metrics: Train
   writer.write_scalars(step, {f'train_{k}': v for k, v in scalars.items()})
 
 
+@dataclasses.dataclass(frozen=True)
+class RunSetup:
+  """What a run is made of, fixed for its whole length: its config and workdir, the data, the
+  model and the learning-rate schedule over `total_steps` steps of `steps_per_epoch` each."""
+
+  config: ml_collections.ConfigDict
+  workdir: str
+  data: input_pipeline.Dataset
+  model: Any
+  learning_rate_fn: optax.Schedule
+  steps_per_epoch: int
+  total_steps: int
+
+
+def set_up_run(config: ml_collections.ConfigDict, workdir: str, fresh: bool) -> RunSetup:
+  """Checks the config and workdir (moving an earlier run aside with `fresh`), loads the data
+  and builds the model and schedule. Raises the user errors main.py reports in one line."""
+  config_validation.validate(config, jax.device_count())  # every process's devices
+  config_validation.check_workdir_writable(workdir)
+  if fresh:
+    checkpointing.start_fresh(workdir)
+  checkpointing.check_compatible(workdir, config)
+  data = input_pipeline.load(config)
+  steps_per_epoch = len(data.train) // config.batch_size
+  if steps_per_epoch == 0:
+    raise input_pipeline.DataError(
+        f'{config.train_split} has {len(data.train)} examples, fewer than one batch of '
+        f'{config.batch_size}; lower --config.batch_size or widen --config.train_split')
+  total_steps = (config.num_train_steps if config.num_train_steps > 0
+                 else config.num_epochs * steps_per_epoch)
+  return RunSetup(config=config, workdir=workdir, data=data,
+                  model=create_model(config, data.num_classes),
+                  learning_rate_fn=create_learning_rate_fn(config, steps_per_epoch, total_steps),
+                  steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        fresh: bool = False) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming from its latest checkpoint) and tests it.
@@ -256,29 +336,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Returns:
     The contents of `workdir/results.json`.
   """
-  config_validation.validate(config, jax.device_count())  # every process's devices
-  config_validation.check_workdir_writable(workdir)
-  if fresh:
-    checkpointing.start_fresh(workdir)
-  checkpointing.check_compatible(workdir, config)
-  data = input_pipeline.load(config)
-  model = create_model(config, data.num_classes)
-
-  steps_per_epoch = len(data.train) // config.batch_size
-  if steps_per_epoch == 0:
-    raise input_pipeline.DataError(
-        f'{config.train_split} has {len(data.train)} examples, fewer than one batch of '
-        f'{config.batch_size}; lower --config.batch_size or widen --config.train_split')
-  total_steps = (config.num_train_steps if config.num_train_steps > 0
-                 else config.num_epochs * steps_per_epoch)
-  learning_rate_fn = create_learning_rate_fn(config, steps_per_epoch, total_steps)
-  state = create_train_state(jax.random.PRNGKey(config.seed), model, config.image_size,
-                             create_optimizer(config, learning_rate_fn))
+  run = set_up_run(config, workdir, fresh)
+  state = create_train_state(jax.random.PRNGKey(config.seed), run.model, config.image_size,
+                             create_optimizer(config, run.learning_rate_fn))
   with checkpointing.Checkpoints(workdir, config) as checkpoints:
     state = checkpoints.restore_latest(state)
+    clock = training_clock.TrainingClock.resumed_from(checkpoints.restored_metadata,
+                                                      step=int(state.step))
+    checkpoints.metadata_fn = clock.reading
     try:
-      return _train_and_test(config, workdir, data, model, state, checkpoints, learning_rate_fn,
-                             steps_per_epoch, total_steps)
+      return _train_and_test(run, state, checkpoints, clock)
     except (Interrupted, DivergenceError):
       raise  # every process stops at the same step: their saves finish
     except Exception:
@@ -288,150 +355,231 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       raise
 
 
-def _train_and_test(config, workdir, data, model, state, checkpoints, learning_rate_fn,
-                    steps_per_epoch: int, total_steps: int) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class CompiledSteps:
+  """The run's pmapped steps: training, validation during training, and the final evaluations
+  with the test-time views `final_views` (`evaluation.eval_view_args`)."""
+
+  train: Any
+  eval: Any
+  final_eval: Any
+  final_views: dict[str, Any]
+
+
+def compile_steps(run: RunSetup) -> CompiledSteps:
+  config = run.config
+  return CompiledSteps(
+      train=make_loop_step(config, run.learning_rate_fn),
+      eval=jax.pmap(evaluation.make_eval_step(config, run.model), axis_name='batch'),
+      final_eval=jax.pmap(evaluation.make_eval_step(config, run.model, test_time=True),
+                          axis_name='batch'),
+      final_views=evaluation.eval_view_args(config, test_time=True))
+
+
+def _train_and_test(run: RunSetup, state: TrainState, checkpoints: checkpointing.Checkpoints,
+                    clock: training_clock.TrainingClock) -> dict[str, Any]:
   """`train_and_evaluate` from the restored `state` on: the loop, the final evaluations,
   results.json and the plots."""
-  start_step = int(state.step)
+  start_step, num_params = int(state.step), _num_params(state)
   writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0, asynchronous=False)
-  num_params = sum(x.size for x in jax.tree.leaves(state.params))
-  run_files.write_config(workdir, config)
-  run_files.write_labels(workdir, data.class_names, data.superclasses)
+      run.workdir, just_logging=jax.process_index() > 0, asynchronous=False)
+  _start_records(run, state, writer, start_step)
+  steps = compile_steps(run)
+  # Replicate onto the pmap's own axis name: the steps' outputs then have the sharding of
+  # their inputs, so the train step is not compiled a second time at step 2.
+  state = jax_utils.replicate(state, axis_name='batch')
+  final_eval = None
+  if start_step < run.total_steps:
+    loop = TrainingLoop(run, steps, checkpoints, clock, writer, state, start_step)
+    state, final_eval = loop.run()
+  elif os.path.exists(run_files.results_path(run.workdir)):
+    logging.info('Run already finished at step %d; results in %s', start_step,
+                 run_files.results_path(run.workdir))
+    return run_files.load_results(run.workdir)
+  results = final_evaluation(run, steps, state, writer, final_eval)
+  results.update(run_files.run_fields(run.config, run.total_steps, run.steps_per_epoch,
+                                      num_params),
+                 resumed_from_step=start_step, **clock.results(run.total_steps,
+                                                               run.config.batch_size))
+  checkpoints.wait_until_finished()
+  return _write_results(run, state, writer, results)
+
+
+def _num_params(state: TrainState) -> int:
+  """The parameter count of an unreplicated state."""
+  return sum(x.size for x in jax.tree.leaves(state.params))
+
+
+def _start_records(run: RunSetup, state: TrainState, writer, start_step: int) -> None:
+  """The workdir's record of the run as it starts or resumes: config (and its changes),
+  labels, the parameter overview and hyper-parameters of a new run, and the first log lines."""
+  config = run.config
+  run_files.record_config(run.workdir, config, start_step,
+                          trains=start_step < run.total_steps)
+  run_files.write_labels(run.workdir, run.data.class_names, run.data.superclasses)
   if start_step == 0:
     parameter_overview.log_parameter_overview(state.params)
     writer.write_hparams(config_validation.flatten(config))
   logging.info('Config:\n%s', config)
   logging.info('%s: %d parameters; %d steps of %d images (%d per epoch); starting at step %d',
-               config.model, num_params, total_steps, config.batch_size, steps_per_epoch,
-               start_step)
+               config.model, _num_params(state), run.total_steps, config.batch_size,
+               run.steps_per_epoch, start_step)
 
-  num_devices = jax.local_device_count()
-  p_loop_step = make_loop_step(config, learning_rate_fn)
-  p_eval_step = jax.pmap(evaluation.make_eval_step(config, model), axis_name='batch')
-  final_views = evaluation.eval_view_args(config, test_time=True)  # final validation and test
-  tta = final_views['augmentation'] != 'none'
-  p_final_eval_step = jax.pmap(evaluation.make_eval_step(config, model, test_time=True),
-                               axis_name='batch')
 
-  eval_every_steps = config.eval_every_epochs * steps_per_epoch
-  # Replicate onto the pmap's own axis name: the steps' outputs then have the sharding of
-  # their inputs, so the train step is not compiled a second time at step 2.
-  state = jax_utils.replicate(state, axis_name='batch')
-  train_start = time.time()
-  eval_seconds = 0.0
-  final_eval = None
-  if start_step < total_steps:
-    report_progress = periodic_actions.ReportProgress(num_train_steps=total_steps,
-                                                      writer=writer)
-    # The host reads the carry only at these multiples (and at the last step): a log point that
-    # is nothing else is read while the next step runs; every other point (each one saves a
-    # checkpoint) is read, and checked for non-finite steps, before its save.
-    every = (config.log_every_steps, steps_per_epoch, config.checkpoint_every_steps,
-             eval_every_steps)
-    empty = empty_carry()
-    carry = empty
-    pending = None  # (step, carry) of a log point, copying to the host while later steps run
-    step = start_step
+class TrainingLoop:
+  """The steps from a run's start (or resume) step to its last, and what happens at their check
+  points: logging, validation, checkpoint saves and stopping on a signal.
+
+  The host dispatches the steps without reading any of their results (`dispatch_steps`), and
+  reads the devices (`fetch`) only at check points: multiples of the logging, epoch,
+  checkpoint and validation intervals, and the last step. A check point that only logs is read
+  while the next step runs (it stays `pending` until then); every other one saves a
+  checkpoint, and is read, and checked for non-finite steps, before its save.
+  """
+
+  def __init__(self, run: RunSetup, steps: CompiledSteps,
+               checkpoints: checkpointing.Checkpoints, clock: training_clock.TrainingClock,
+               writer: metric_writers.MetricWriter, state, start_step: int):
+    self.run_setup, self.steps, self.checkpoints, self.clock = run, steps, checkpoints, clock
+    self.writer, self.state, self.step = writer, state, start_step
+    self.empty = empty_carry()
+    self.carry = self.empty
+    self.pending = None  # (step, carry) of a log point, copying to the host while steps run
+    self.final_eval = None  # the last validation pass, when it is at the last step
+    config = run.config
+    self.eval_every_steps = config.eval_every_epochs * run.steps_per_epoch
+    self.every = (config.log_every_steps, run.steps_per_epoch, config.checkpoint_every_steps,
+                  self.eval_every_steps)
+    self.report_progress = periodic_actions.ReportProgress(num_train_steps=run.total_steps,
+                                                           writer=writer)
+
+  def run(self):
+    """Trains to the last step; returns (replicated state, last-step validation or None).
+
+    Raises:
+      Interrupted: a signal stopped the run (after saving a checkpoint).
+      DivergenceError: a step was not finite (nothing after it was saved).
+    """
+    run, num_devices = self.run_setup, jax.local_device_count()
     # A single process stops after the step a signal arrived in. The processes of a
     # multi-process run stop together: at the first read of a carry that holds a signal any of
     # them received.
     alone = jax.process_count() == 1
+    self.clock.start()
     with stop_requests() as stop:
-      batches = jax_utils.prefetch_to_device(with_stop_signal(
+      self.batches = jax_utils.prefetch_to_device(with_stop_signal(
           (input_pipeline.shard(b, num_devices) for b in input_pipeline.train_batches(
-              data.train, config.batch_size, config.seed, start_step)), stop, num_devices), 2)
-      stop_now = stop if alone else []  # ends a dispatch early
-      while step < total_steps:
-        until = next_check(step, total_steps, every)
-        state, carry, step = dispatch_steps(p_loop_step, state, carry, batches, step,
-                                            step + 1 if pending else until, stop_now,
-                                            report_progress)
-        signum = 0
-        if pending:
-          logged_step, logged = pending
-          pending = None
-          logged = fetch(logged)
-          check_finite(int(logged.first_nonfinite), checkpoints, config.skip_nonfinite_steps)
-          _write_train_scalars(writer, logged_step, steps_per_epoch, logged.metrics)
-          signum = int(logged.stop_signal)
-          if step < until and not (stop_now or signum):
-            state, carry, step = dispatch_steps(p_loop_step, state, carry, batches, step, until,
-                                                stop_now, report_progress)
-        if stop_now:
-          signum = stop_now[0]
-        last = step == total_steps
-        epoch_end = step % steps_per_epoch == 0
-        log = step % config.log_every_steps == 0 or epoch_end or last
-        evaluate = data.eval is not None and (
-            (eval_every_steps > 0 and step % eval_every_steps == 0) or last)
-        save = (step % config.checkpoint_every_steps == 0 or epoch_end or last
-                or bool(signum))
-        if not (save or evaluate):  # a log point only
-          jax.tree.map(lambda x: x.copy_to_host_async(), carry)
-          pending = (step, carry)
-          carry = carry.replace(metrics=empty.metrics)
-          continue
-        fetched = fetch(carry)
-        check_finite(int(fetched.first_nonfinite), checkpoints, config.skip_nonfinite_steps)
-        signum = signum or int(fetched.stop_signal)
-        if log:
-          _write_train_scalars(writer, step, steps_per_epoch, fetched.metrics)
-          carry = carry.replace(metrics=empty.metrics)
-        if evaluate:
-          eval_start = time.time()
-          with report_progress.timed('eval'):
-            result = evaluation.evaluate(p_eval_step, state.params, data.eval,
-                                         config.eval_batch_size)
-          eval_seconds += time.time() - eval_start
-          writer.write_scalars(step, {f'eval_{k}': v for k, v in result.items()})
-          if last:
-            final_eval = result
-        if save:
-          checkpoints.save(step, checkpointing.one_copy(state))
-        if signum:
-          name = signal.Signals(signum).name
-          raise Interrupted(f'{name} received: stopped at step {step} with a checkpoint in '
-                            f'{checkpoints.directory}; run the same command to resume', signum)
-    writer.flush()
-  # Validation passes are excluded; compilation and checkpoint saves are included.
-  train_seconds = time.time() - train_start - eval_seconds
+              run.data.train, run.config.batch_size, run.config.seed, self.step)),
+          stop, num_devices), 2)
+      self.stop_now = stop if alone else []  # ends a dispatch early
+      while self.step < run.total_steps:
+        signum = self.run_to_check_point()
+        self.act_at_check_point(signum)
+    self.writer.flush()
+    return self.state, self.final_eval
 
-  if start_step >= total_steps and os.path.exists(run_files.results_path(workdir)):
-    logging.info('Run already finished at step %d; results in %s', start_step,
-                 run_files.results_path(workdir))
-    return run_files.load_results(workdir)
+  def _dispatch(self, until: int) -> None:
+    self.state, self.carry, self.step = dispatch_steps(
+        self.steps.train, self.state, self.carry, self.batches, self.step, until,
+        self.stop_now, self.report_progress)
 
-  results = {
-      **run_files.run_fields(config, total_steps, steps_per_epoch, num_params),
-      'resumed_from_step': start_step,
-      'train_wall_time_s': train_seconds,
-      'train_images_per_s': ((total_steps - start_step) * config.batch_size / train_seconds
-                             if start_step < total_steps else None),
-  }
+  def run_to_check_point(self) -> int:
+    """Dispatches the steps to the next check point, reading a pending log point once the
+    step after it is dispatched; returns the number of a signal that asks to stop, or 0."""
+    until = next_check(self.step, self.run_setup.total_steps, self.every)
+    self._dispatch(self.step + 1 if self.pending else until)
+    signum = 0
+    if self.pending:
+      logged_step, logged = self.pending
+      self.pending = None
+      logged = fetch(logged)
+      self._check_finite(logged)
+      _write_train_scalars(self.writer, logged_step, self.run_setup.steps_per_epoch,
+                           logged.metrics)
+      signum = int(logged.stop_signal)
+      if self.step < until and not (self.stop_now or signum):
+        self._dispatch(until)
+    return self.stop_now[0] if self.stop_now else signum
+
+  def _check_finite(self, fetched: LoopCarry) -> None:
+    check_finite(int(fetched.first_nonfinite), self.checkpoints,
+                 self.run_setup.config.skip_nonfinite_steps)
+
+  def act_at_check_point(self, signum: int) -> None:
+    """At the check point just reached: logs, validates, saves, and stops on a signal (raises
+    Interrupted after the save). A log point only is left pending, to be read later."""
+    run, step = self.run_setup, self.step
+    last = step == run.total_steps
+    epoch_end = step % run.steps_per_epoch == 0
+    log = step % run.config.log_every_steps == 0 or epoch_end or last
+    evaluate = run.data.eval is not None and (
+        (self.eval_every_steps > 0 and step % self.eval_every_steps == 0) or last)
+    save = (step % run.config.checkpoint_every_steps == 0 or epoch_end or last
+            or bool(signum))
+    if not (save or evaluate):  # a log point only
+      jax.tree.map(lambda x: x.copy_to_host_async(), self.carry)
+      self.pending = (step, self.carry)
+      self.carry = self.carry.replace(metrics=self.empty.metrics)
+      return
+    fetched = fetch(self.carry)
+    self._check_finite(fetched)
+    signum = signum or int(fetched.stop_signal)
+    if log:
+      _write_train_scalars(self.writer, step, run.steps_per_epoch, fetched.metrics)
+      self.carry = self.carry.replace(metrics=self.empty.metrics)
+    if evaluate:
+      self._validate(last)
+    if save:
+      self.checkpoints.save(step, checkpointing.one_copy(self.state))
+    if signum:
+      name = signal.Signals(signum).name
+      raise Interrupted(f'{name} received: stopped at step {step} with a checkpoint in '
+                        f'{self.checkpoints.directory}; run the same command to resume', signum)
+
+  def _validate(self, last: bool) -> None:
+    """A validation pass (its time is not training time), written to TensorBoard."""
+    with self.clock.paused(), self.report_progress.timed('eval'):
+      result = evaluation.evaluate(self.steps.eval, self.state.params, self.run_setup.data.eval,
+                                   self.run_setup.config.eval_batch_size)
+    self.writer.write_scalars(self.step, {f'eval_{k}': v for k, v in result.items()})
+    if last:
+      self.final_eval = result
+
+
+def final_evaluation(run: RunSetup, steps: CompiledSteps, state, writer,
+                     final_eval: dict[str, Any] | None) -> dict[str, Any]:
+  """The trained model's final validation (with the test-time views) and test figures for
+  results.json; writes the test confusion matrix and the test scalars."""
+  config, data, results = run.config, run.data, {}
+  tta = steps.final_views['augmentation'] != 'none'
   if data.eval is not None:
     if final_eval is None or tta:  # no final validation yet, or not with the test-time views
-      final_eval = evaluation.evaluate(p_final_eval_step, state.params, data.eval,
+      final_eval = evaluation.evaluate(steps.final_eval, state.params, data.eval,
                                        config.eval_batch_size)
     results.update(eval_top1=final_eval['accuracy'], eval_top5=final_eval['top5_accuracy'],
-                   eval_loss=final_eval['loss'], eval_views=final_views)
+                   eval_loss=final_eval['loss'], eval_views=steps.final_views)
   if data.test is not None:
     test_start = time.time()
-    test = evaluation.evaluate(p_final_eval_step, state.params, data.test,
+    test = evaluation.evaluate(steps.final_eval, state.params, data.test,
                                config.eval_batch_size)
     confusion = test.pop('confusion')
     per_class = evaluation.class_results(confusion, data.class_names, data.superclasses)
     results.update(evaluation.results_of_test(test, time.time() - test_start),
-                   test_views=final_views, **per_class)
-    run_files.write_confusion(workdir, confusion)
-    writer.write_scalars(total_steps, evaluation.test_scalars(test, per_class))
+                   test_views=steps.final_views, **per_class)
+    run_files.write_confusion(run.workdir, confusion)
+    writer.write_scalars(run.total_steps, evaluation.test_scalars(test, per_class))
   writer.flush()
-  checkpoints.wait_until_finished()
+  return results
+
+
+def _write_results(run: RunSetup, state, writer, results: dict[str, Any]) -> dict[str, Any]:
+  """Writes results.json and the run's plots, logs the final figures; returns the results."""
+  config, workdir = run.config, run.workdir
   results = run_files.update_results(workdir, results)
   if jax.process_index() == 0:
-    inference.write_run_plots(config, workdir, model, jax_utils.unreplicate(state.params),
-                              data.pictured, data.class_names, writer, total_steps)
-  if data.test is None:
+    run_plots.write_run_plots(config, workdir, run.model, jax_utils.unreplicate(state.params),
+                              run.data.pictured, run.data.class_names, writer, run.total_steps)
+  if run.data.test is None:
     logging.info('Validation: top-1 %.4f, top-5 %.4f (no test split); results in %s',
                  results['eval_top1'], results['eval_top5'], run_files.results_path(workdir))
   else:
