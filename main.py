@@ -29,15 +29,20 @@ os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 from tlb_jax import allocator
 
 if __name__ == '__main__':
-  allocator.use_tcmalloc()  # before the heavy imports below, which a restart would repeat
+  allocator.use_tcmalloc()  # first: it starts the process again, which repeats what ran before
 
-import jax
-import tensorflow as tf
+# Only light modules are imported here. JAX, TensorFlow and the trainer take seconds to load:
+# `main` imports them once the command line is known to be good, and only those its mode uses,
+# so that a bad command line (a misspelt flag or field, a config file that does not load, an
+# invalid value) is answered at once.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from tlb_jax import (checkpointing, compare, config_validation, evaluate_run, export,
-                     input_pipeline, predict, restore, run_files, run_plots, train)
+from tlb_jax import config_validation
+
+# The modes that load TensorFlow, to read TFDS files (train, eval, plots) or TensorBoard event
+# files (compare); predict and export never import it.
+TENSORFLOW_MODES = ('train', 'eval', 'plots', 'compare')
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard events and results.')
@@ -72,8 +77,14 @@ config_flags.DEFINE_config_file(
     'config', None, 'Path to a config file in configs/ (train; optional for the other modes, '
     'which default to workdir/config.json).', lock_config=True)
 
-USER_ERRORS = (config_validation.ConfigError, input_pipeline.DataError,
-               restore.InferenceError, checkpointing.CheckpointError, run_files.WorkdirError)
+
+def _user_errors() -> tuple[type[Exception], ...]:
+  """The errors main.py reports as one `error:` line with exit status 2: an invalid config,
+  missing data, an unusable workdir or checkpoints."""
+  # pylint: disable=g-import-not-at-top
+  from tlb_jax import checkpointing, input_pipeline, restore, run_files
+  return (config_validation.ConfigError, input_pipeline.DataError, restore.InferenceError,
+          checkpointing.CheckpointError, run_files.WorkdirError)
 
 
 def _quiet_library_info(record) -> bool:
@@ -143,8 +154,16 @@ def main(argv):
   if len(argv) > 1:
     _usage_error(f'unexpected arguments: {" ".join(argv[1:])}')
   logging.get_absl_handler().addFilter(_quiet_library_info)
-  # TF is only used to read TFDS files; keep it off the accelerators JAX uses.
-  tf.config.experimental.set_visible_devices([], 'GPU')
+  try:
+    _check_command_line(FLAGS.mode)
+  except config_validation.ConfigError as e:
+    _usage_error(str(e))
+  import jax  # pylint: disable=g-import-not-at-top  (see the note at the top)
+  if FLAGS.mode in TENSORFLOW_MODES:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    # TF only reads files here; keep it off the accelerators JAX uses.
+    tf.config.experimental.set_visible_devices([], 'GPU')
+  user_errors = _user_errors()
   if FLAGS.distributed or FLAGS.coordinator_address:
     _initialize_distributed()
   logging.info('JAX process %d/%d, local devices: %s', jax.process_index(), jax.process_count(),
@@ -154,14 +173,8 @@ def main(argv):
     logging.info(allocator.TCMALLOC_HINT)
   try:
     failures = _run(FLAGS.mode)
-  except USER_ERRORS as e:
+  except user_errors as e:
     _usage_error(str(e))
-  except train.DivergenceError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(3)
-  except train.Interrupted as e:
-    print(str(e), file=sys.stderr)
-    sys.exit(128 + e.signum)
   except Exception as e:  # pylint: disable=broad-except
     if jax.process_count() == 1:
       raise
@@ -172,6 +185,7 @@ def main(argv):
 
 def _initialize_distributed() -> None:
   """Joins the multi-process run of the launch flags (or the cluster JAX detects)."""
+  import jax  # pylint: disable=g-import-not-at-top  (loaded by `main`)
   platform = (jax.config.jax_platforms or '').split(',')[0]
   if platform in ('', 'cpu'):
     # pmap's collectives between processes on CPU (one machine, or a CPU cluster) run over
@@ -190,6 +204,7 @@ def _stop_multi_process_run(e: Exception) -> None:
   by peer"). Exiting without JAX's orderly shutdown, which waits for every process and would
   end in an abort, makes the others fail their next collective too, so the whole run stops.
   """
+  import jax  # pylint: disable=g-import-not-at-top  (loaded by `main`)
   logging.exception('Stopping this process of the run')
   first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
   print(f'error: process {jax.process_index()} of {jax.process_count()} stopped: '
@@ -201,8 +216,9 @@ def _stop_multi_process_run(e: Exception) -> None:
   os._exit(4)  # pylint: disable=protected-access
 
 
-def _run(mode: str) -> int:
-  """Runs `mode`; returns the number of inputs that failed (predict)."""
+def _check_command_line(mode: str) -> None:
+  """Raises ConfigError for flags that do not fit `mode` and, to train, for an invalid config
+  or an unwritable workdir: all that can be checked before JAX and TensorFlow load."""
   if mode != 'predict' and (FLAGS.images or FLAGS.attention_dir):
     raise config_validation.ConfigError('--images and --attention_dir are for --mode=predict')
   if (mode in ('export', 'compare')) != (FLAGS.output is not None):
@@ -212,29 +228,52 @@ def _run(mode: str) -> int:
     raise config_validation.ConfigError('--mode=compare needs --workdirs=A,B,...; the other '
                                         'modes take one --workdir')
   if mode == 'compare':
-    print(compare.compare(FLAGS.workdirs, FLAGS.output))
-    return 0
+    return
   if not FLAGS.workdir:
     raise config_validation.ConfigError(f'--mode={mode} needs --workdir=DIR')
+  if mode == 'predict' and not FLAGS.images:
+    raise config_validation.ConfigError('--mode=predict needs --images=a.png,b.jpg,folder/')
   if mode == 'train':
     if FLAGS.config is None:
       raise config_validation.ConfigError('--mode=train needs --config=configs/<name>.py')
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir, fresh=FLAGS.fresh)
+    # Every check but the batch sizes against the devices, which train_and_evaluate adds once
+    # JAX has found them.
+    config_validation.validate(FLAGS.config)
+    config_validation.check_workdir_writable(FLAGS.workdir)
+
+
+def _run(mode: str) -> int:
+  """Runs `mode`, whose flags `_check_command_line` accepted; returns the number of inputs
+  that failed (predict)."""
+  # pylint: disable=g-import-not-at-top  (each mode loads what it uses: see the note at the top)
+  if mode == 'compare':
+    from tlb_jax import compare
+    print(compare.compare(FLAGS.workdirs, FLAGS.output))
+  elif mode == 'train':
+    from tlb_jax import train
+    try:
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir, fresh=FLAGS.fresh)
+    except train.DivergenceError as e:
+      print(f'error: {e}', file=sys.stderr)
+      sys.exit(3)
+    except train.Interrupted as e:
+      print(str(e), file=sys.stderr)
+      sys.exit(128 + e.signum)
   elif mode == 'eval':
+    from tlb_jax import evaluate_run, restore, run_files
     results = evaluate_run.evaluate_checkpoint(FLAGS.workdir, FLAGS.config)
     written = ('exported parameters: nothing written' if restore.is_export(FLAGS.workdir)
                else f'results in {run_files.results_path(FLAGS.workdir)}')
-    print(f'step {results["step"]}: {results["test_split"]} top-1 {results["test_top1"]:.4f}, '
-          f'top-5 {results["test_top5"]:.4f}, loss {results["test_loss"]:.4f} on '
-          f'{results["test_examples"]} examples; {written}')
+    print(f'{evaluate_run.test_summary(results)}; {written}')
   elif mode == 'predict':
-    if not FLAGS.images:
-      raise config_validation.ConfigError('--mode=predict needs --images=a.png,b.jpg,folder/')
+    from tlb_jax import predict
     return predict.run_predict(FLAGS.workdir, FLAGS.images, FLAGS.attention_dir, FLAGS.config)
   elif mode == 'plots':
+    from tlb_jax import run_plots
     for path in run_plots.write_plots(FLAGS.workdir, FLAGS.config):
       print(path)
   elif mode == 'export':
+    from tlb_jax import export
     print(export.export(FLAGS.workdir, FLAGS.output, FLAGS.config))
   return 0
 

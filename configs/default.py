@@ -52,6 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
   # weights; every head has 256 features (Keras `key_dim=projection_dim`).
   config.perceiver = ml_collections.ConfigDict(dict(
       patch_size=2,
+      tokenizer='linear',        # seed; 'stem' or 'conv' as for the TLB
       embed_dim=256,             # seed projection_dim
       num_latents=256,           # seed latent_dim
       num_layers=4,              # seed num_transformer_blocks
@@ -69,7 +70,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset = 'cifar10'
   config.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data dir (None: TFDS's
                                  # default, ~/tensorflow_datasets; downloads what is missing)
-  config.train_split = 'train[:40000]'
+  config.train_split = 'train[:40000]'  # TFDS split strings; 'train[:40000]@official' slices
+                                 # in the original files' order (Keras' load_data)
   config.eval_split = 'train[40000:]'  # validation: model selection only ('': none, final runs)
   config.test_split = 'test'           # evaluated once, at the end ('': none, for probes)
   config.resize_size = 52        # images are resized to this, then randomly cropped...

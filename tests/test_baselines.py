@@ -23,6 +23,7 @@ from tlb_jax.models.vit import ViT
 IMAGE_SIZE = 16  # 4x4 patches -> 16 tokens
 NUM_CLASSES = 5
 TRAIN_BATCH = 8  # 4 per device
+MOCK_EXAMPLES = 32  # per split of the mocked CIFAR-100
 TINY = {
     'tlb': dict(patch_size=4, embed_dim=16, chunk_size=4, num_latents=2, num_layers=2,
                 cross_attention_every=1, num_heads=2, mlp_ratio=2),
@@ -121,6 +122,19 @@ def test_pmap_train_step_on_two_devices_keeps_replicas_in_sync(name):
     np.testing.assert_array_equal(leaf[0], leaf[1])
 
 
+@pytest.mark.parametrize('name', ['perceiver', 'vit'])
+def test_baselines_take_the_tlbs_convolutional_stem_tokens(name):
+  """tokenizer='stem' gives a baseline the TLB's stride-2 convolutional stem: the same patch
+  embedding parameters as the TLB's, and logits of the same shape."""
+  model = tiny_model(name, tokenizer='stem')
+  params = model.init(jax.random.PRNGKey(0), images(1), train=False)['params']
+  tlb_params = tiny_model('tlb', tokenizer='stem').init(jax.random.PRNGKey(0), images(1),
+                                                        train=False)['params']
+  shapes = lambda tree: jax.tree.map(jnp.shape, tree)
+  assert shapes(params['patch_embed']) == shapes(tlb_params['patch_embed'])
+  assert model.apply({'params': params}, images(2), train=False).shape == (2, NUM_CLASSES)
+
+
 def test_perceiver_parameter_count_does_not_grow_with_num_iterations():
   counts = {n: param_count(tiny_model('perceiver', num_iterations=n)) for n in (1, 2, 4)}
   assert counts[1] == counts[2] == counts[4], counts
@@ -200,37 +214,43 @@ def tiny_perceiver_config():
   return config
 
 
-def test_train_and_evaluate_trains_the_perceiver_on_mock_cifar100(tmp_path):
-  config = tiny_perceiver_config()
-  num_examples = 32
-  with mock_cifar(num_examples):
-    results = train.train_and_evaluate(config, str(tmp_path))
+@pytest.fixture(scope='module')
+def perceiver_run(tmp_path_factory):
+  """(workdir, results) of the tiny Perceiver trained for an epoch on mock CIFAR-100; the tests
+  only read it."""
+  workdir = tmp_path_factory.mktemp('perceiver_run')
+  with mock_cifar(MOCK_EXAMPLES):
+    results = train.train_and_evaluate(tiny_perceiver_config(), str(workdir))
+  return workdir, results
+
+
+def test_train_and_evaluate_trains_the_perceiver_on_mock_cifar100(perceiver_run):
+  workdir, results = perceiver_run
   assert results['model'] == 'perceiver' and results['dataset'] == 'cifar100'
-  assert results['step'] == num_examples // config.batch_size
-  assert results['test_examples'] == num_examples
+  assert results['step'] == MOCK_EXAMPLES // tiny_perceiver_config().batch_size
+  assert results['test_examples'] == MOCK_EXAMPLES
   assert results['num_params'] == param_count(tiny_model('perceiver', num_classes=100))
-  with open(tmp_path / 'results.json') as f:
+  with open(workdir / 'results.json') as f:
     assert json.load(f)['test_top1'] == results['test_top1']
-  assert os.path.isdir(tmp_path / 'checkpoints' / str(results['step']))
+  assert os.path.isdir(workdir / 'checkpoints' / str(results['step']))
 
 
 def test_a_cifar100_run_reports_superclass_and_per_class_test_top1_and_draws_the_confusion(
-    tmp_path):
+    perceiver_run):
   """CIFAR-100's final test adds the superclass top-1 (results.json and TensorBoard), the top-1
   of each of the 100 classes, the confusion matrix and its picture; labels.json keeps the
   dataset's class -> superclass map."""
-  with mock_cifar(32):
-    results = train.train_and_evaluate(tiny_perceiver_config(), str(tmp_path))
+  workdir, results = perceiver_run
   assert 0.0 <= results['test_superclass_top1'] <= 1.0
   assert results['test_superclass_top1'] >= results['test_top1']
   assert len(results['test_per_class_top1']) == 100
-  confusion = np.load(tmp_path / 'test_confusion.npy')
+  confusion = np.load(workdir / 'test_confusion.npy')
   assert confusion.shape == (100, 100) and confusion.sum() == results['test_examples']
   assert np.trace(confusion) / confusion.sum() == pytest.approx(results['test_top1'])
-  assert os.path.exists(tmp_path / 'plots' / 'confusion.png')
-  with open(tmp_path / 'labels.json') as f:
+  assert os.path.exists(workdir / 'plots' / 'confusion.png')
+  with open(workdir / 'labels.json') as f:
     labels = json.load(f)
   assert len(labels['superclass_names']) == 20 and len(labels['superclass_of_class']) == 100
-  tags = {tag for tag in plots.read_scalars(str(tmp_path))}
+  tags = {tag for tag in plots.read_scalars(str(workdir))}
   assert 'test_superclass_top1' in tags
 

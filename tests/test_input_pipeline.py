@@ -99,6 +99,32 @@ def test_load_real_cifar10_splits_of_smoke_config():
   assert set(np.unique(data.test.labels)) == set(range(10))
 
 
+def test_official_order_sorts_examples_by_their_index_in_the_original_files():
+  ids = np.array([b'train_00002', b'train_00000', b'train_10000', b'train_00001'])
+  np.testing.assert_array_equal(input_pipeline.official_order(ids), [1, 3, 0, 2])
+
+
+@needs_real_data
+def test_an_official_order_split_slices_cifar10_as_keras_load_data_orders_it():
+  """'train[:40000]@official' starts with data_batch_1's first images (frog, truck, truck,
+  deer, ...), as Keras' `cifar10.load_data()` does; with 'train[40000:]@official' it partitions
+  the training set."""
+  builder = input_pipeline.get_builder(_config(data_dir=REAL_DATA_DIR))
+  first = input_pipeline.load_split(builder, 'train[:40000]@official')
+  rest = input_pipeline.load_split(builder, 'train[40000:]@official')
+  assert (len(first), len(rest)) == (40000, 10000)
+  np.testing.assert_array_equal(first.labels[:10], [6, 9, 9, 4, 1, 1, 2, 7, 8, 3])
+  # CIFAR-10's training set has 5,000 images of each class.
+  np.testing.assert_array_equal(
+      np.bincount(np.concatenate([first.labels, rest.labels]), minlength=10), [5000] * 10)
+
+
+def test_an_official_order_split_needs_an_example_slice():
+  with mock_cifar(MOCK_EXAMPLES), pytest.raises(DataError) as e:
+    input_pipeline.load(_config(train_split='train[:50%]@official'))
+  assert 'train[:40000]@official' in str(e.value) and '\n' not in str(e.value)
+
+
 def test_missing_data_offline_raises_one_line_error_naming_data_dir(tmp_path):
   """Unprepared data with the download site out of reach is a one-line DataError that names
   the data dir and says to pass --config.data_dir, without starting a download."""

@@ -170,6 +170,21 @@ def test_bad_command_line_exits_2_with_one_error_line(args, expected, tmp_path):
   assert 'Traceback' not in process.stderr
 
 
+def test_a_bad_command_line_is_answered_before_jax_and_tensorflow_load(tmp_path):
+  """main.py checks its flags, the config file and the fields it overrides before it imports
+  JAX or TensorFlow (seconds): a bad command line is answered at once. `python -X importtime`
+  lists every module the process imported."""
+  process = subprocess.run(
+      [sys.executable, '-X', 'importtime', 'main.py', '--config=configs/smoke.py',
+       '--config.tlb.embed_dm=3', f'--workdir={tmp_path / "run"}'],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False)
+  assert process.returncode == 2, _describe(process)
+  imported = {line.rsplit('|', 1)[-1].strip() for line in process.stderr.splitlines()
+              if line.startswith('import time:')}
+  assert 'ml_collections.config_flags' in imported  # the listing holds main.py's own imports
+  assert not imported & {'jax', 'tensorflow'}, sorted(imported & {'jax', 'tensorflow'})
+
+
 def test_missing_data_exits_2_with_one_error_line(tmp_path):
   """An empty --config.data_dir stops main.py with exit code 2 and a one-line error that says
   how to provide the data."""

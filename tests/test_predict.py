@@ -226,6 +226,16 @@ def test_eval_mode_writes_results_json_for_the_latest_checkpoint(workdir, tmp_pa
   assert 'train_wall_time_s' not in results  # no results.json of that step to keep them from
 
 
+def test_eval_summary_gives_the_test_figures_in_percent_as_the_readme_does():
+  results = {'step': 24180, 'test_split': 'test', 'test_top1': 0.8549, 'test_top5': 0.99149996,
+             'test_loss': 0.61234, 'test_examples': 10000}
+  assert evaluate_run.test_summary(results) == (
+      'step 24180: test top-1 85.49%, top-5 99.15%, loss 0.6123 on 10000 examples')
+  assert evaluate_run.test_summary({**results, 'test_superclass_top1': 0.7231}) == (
+      'step 24180: test top-1 85.49%, top-5 99.15%, superclass top-1 72.31%, loss 0.6123 on '
+      '10000 examples')
+
+
 def test_eval_mode_without_a_test_split_says_which_flag_to_pass(workdir):
   """--mode=eval with test_split '' is an InferenceError naming --config.test_split."""
   config = trained_run.config()
@@ -297,8 +307,10 @@ def exported(workdir, tmp_path_factory):
 
 def test_export_writes_parameters_config_labels_and_results_without_checkpoints(workdir,
                                                                                 exported):
-  """An export holds params/, the run's config.json and labels.json, and its results.json."""
-  assert sorted(os.listdir(exported)) == ['config.json', 'labels.json', 'params', 'results.json']
+  """An export holds params/, the run's config.json and labels.json, its results.json, and the
+  reference logits."""
+  assert sorted(os.listdir(exported)) == ['config.json', 'labels.json', 'params',
+                                          'reference_logits.json', 'results.json']
   for name in ('config.json', 'labels.json', 'results.json'):
     with open(os.path.join(workdir, name)) as f, open(os.path.join(exported, name)) as g:
       assert json.load(f) == json.load(g)
@@ -340,6 +352,17 @@ def test_eval_mode_leaves_an_exported_directory_unchanged(exported):
   with mock_cifar(trained_run.MOCK_EXAMPLES):
     evaluate_run.evaluate_checkpoint(exported)
   assert _file_contents(exported) == before
+
+
+def test_export_stores_the_logits_of_the_reference_batch(workdir, exported):
+  """reference_logits.json holds the trained model's logits on the fixed generated batch."""
+  run = restore.restore(workdir)
+  stored = np.asarray(export.load_reference(exported)['logits'])
+  images = export.reference_images(run.config.image_size)
+  assert stored.shape == (export.REFERENCE_IMAGES, len(run.class_names))
+  np.testing.assert_allclose(
+      stored, run.model.apply({'params': run.params}, images, train=False), rtol=1e-5, atol=1e-5)
+  assert np.ptp(stored, axis=0).max() > 0  # the images differ, and so do their logits
 
 
 def test_export_refuses_to_overwrite_an_earlier_export(workdir, exported):

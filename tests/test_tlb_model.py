@@ -216,15 +216,24 @@ def _dropout_loss(model, params, images):
   return jnp.mean(logits**2)
 
 
-@pytest.mark.parametrize('remat', ['dots', 'full'])
-def test_remat_gives_the_gradients_of_storing_everything(base, remat):
-  """With dropout on, every remat policy gives the gradients of remat='none'."""
+def _dropout_gradients(base, remat):
+  """The gradients of `_dropout_loss` of the base model with dropout on and `remat`."""
   model, params, images = base
-  model = model.clone(dropout_rate=0.3, attention_dropout_rate=0.2)
-  grad = lambda m: jax.jit(jax.grad(functools.partial(_dropout_loss, m)))(params, images)
-  expected = grad(model.clone(remat='none'))
+  model = model.clone(dropout_rate=0.3, attention_dropout_rate=0.2, remat=remat)
+  return jax.jit(jax.grad(functools.partial(_dropout_loss, model)))(params, images)
+
+
+@pytest.fixture(scope='module')
+def stored_gradients(base):
+  """`_dropout_gradients` storing everything (remat='none'), computed once for every policy."""
+  return _dropout_gradients(base, 'none')
+
+
+@pytest.mark.parametrize('remat', ['dots', 'full'])
+def test_remat_gives_the_gradients_of_storing_everything(base, stored_gradients, remat):
+  """With dropout on, every remat policy gives the gradients of remat='none'."""
   jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-6),
-               grad(model.clone(remat=remat)), expected)
+               _dropout_gradients(base, remat), stored_gradients)
 
 
 def test_dots_remat_stores_dropout_masks_instead_of_redrawing_them(base):

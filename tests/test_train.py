@@ -298,18 +298,33 @@ def _restore_raw(workdir, step):
     return checkpointer.restore(path)
 
 
-def test_resumed_run_equals_uninterrupted_run(tmp_path):
+@pytest.fixture(scope='module')
+def full_run(tmp_path_factory):
+  """(workdir, results) of `_resume_config` trained for its 6 steps in one go; the tests below
+  only read it, and resume copies of it (`_stopped_after_resume_at`)."""
+  workdir = str(tmp_path_factory.mktemp('full') / 'run')
+  with mock_cifar(MOCK_EXAMPLES):
+    results = train.train_and_evaluate(_resume_config(), workdir)
+  return workdir, results
+
+
+def _stopped_after_resume_at(full: str, workdir: str) -> str:
+  """Copies the run `full` to `workdir` as if it had stopped after step 3: without its later
+  checkpoints and its results."""
+  shutil.copytree(full, workdir)
+  os.remove(os.path.join(workdir, 'results.json'))
+  for step in range(RESUME_AT + 1, RESUME_STEPS + 1):
+    shutil.rmtree(os.path.join(workdir, 'checkpoints', str(step)))
+  return workdir
+
+
+def test_resumed_run_equals_uninterrupted_run(full_run, tmp_path):
   """Training 6 steps in one go gives the same final state as a run stopped after step 3 (its
   later checkpoints and results removed) and continued by a fresh train_and_evaluate call."""
-  config = _resume_config()
-  full, resumed = str(tmp_path / 'full'), str(tmp_path / 'resumed')
+  full, full_results = full_run
+  resumed = _stopped_after_resume_at(full, str(tmp_path / 'resumed'))
   with mock_cifar(MOCK_EXAMPLES):
-    full_results = train.train_and_evaluate(config, full)
-    shutil.copytree(full, resumed)
-    os.remove(os.path.join(resumed, 'results.json'))
-    for step in range(RESUME_AT + 1, RESUME_STEPS + 1):
-      shutil.rmtree(os.path.join(resumed, 'checkpoints', str(step)))
-    resumed_results = train.train_and_evaluate(config, resumed)
+    resumed_results = train.train_and_evaluate(_resume_config(), resumed)
 
   assert full_results['resumed_from_step'] == 0
   assert resumed_results['resumed_from_step'] == RESUME_AT
@@ -331,21 +346,16 @@ CHANGED_LEARNING_RATE = 5e-4
 
 
 @pytest.fixture(scope='module')
-def resumed_with_a_change(tmp_path_factory):
-  """(a run of 6 steps, its copy stopped after step 3 and resumed with a changed learning rate,
-  the resumed run's results, the messages it logged)."""
+def resumed_with_a_change(full_run, tmp_path_factory):
+  """(the run of 6 steps, its copy stopped after step 3 and resumed with a changed learning
+  rate, the resumed run's results, the messages it logged)."""
+  full, _ = full_run
+  resumed = _stopped_after_resume_at(full, str(tmp_path_factory.mktemp('resumed') / 'run'))
   config = _resume_config()
-  full = str(tmp_path_factory.mktemp('full') / 'run')
-  resumed = str(tmp_path_factory.mktemp('resumed') / 'run')
-  with mock_cifar(MOCK_EXAMPLES):
-    train.train_and_evaluate(config, full)
-    shutil.copytree(full, resumed)
-    os.remove(os.path.join(resumed, 'results.json'))
-    for step in range(RESUME_AT + 1, RESUME_STEPS + 1):
-      shutil.rmtree(os.path.join(resumed, 'checkpoints', str(step)))
-    config.learning_rate = CHANGED_LEARNING_RATE
-    with mock.patch.object(run_files.logging, 'warning', wraps=run_files.logging.warning) as warn:
-      results = train.train_and_evaluate(config, resumed)
+  config.learning_rate = CHANGED_LEARNING_RATE
+  with mock_cifar(MOCK_EXAMPLES), \
+      mock.patch.object(run_files.logging, 'warning', wraps=run_files.logging.warning) as warn:
+    results = train.train_and_evaluate(config, resumed)
   return full, resumed, results, [call.args[0] % call.args[1:] for call in warn.call_args_list]
 
 
@@ -390,6 +400,18 @@ def test_a_field_changed_on_resume_is_logged_and_recorded_beside_the_first_confi
     assert json.load(f) == {'segments': [
         {'step': RESUME_AT, 'changes': {'learning_rate': [old, CHANGED_LEARNING_RATE]}}]}
   assert run_files.load_config(resumed).learning_rate == CHANGED_LEARNING_RATE
+
+
+def test_a_field_added_to_tlb_jax_after_a_run_started_is_not_a_change_of_that_run():
+  """A field the saved config lacks (new to tlb-jax, in another model's section) is not
+  reported as changed; a changed value is."""
+  config = _resume_config()
+  saved = json.loads(json.dumps(config.to_dict()))
+  del saved['perceiver']['tokenizer']
+  assert run_files.changed_fields(saved, config) == {}
+  saved['learning_rate'] = 0.5
+  assert run_files.changed_fields(saved, config) == {
+      'learning_rate': [0.5, config.learning_rate]}
 
 
 def test_a_finished_run_rerun_with_a_changed_field_keeps_its_record(resumed_with_a_change,

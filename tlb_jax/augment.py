@@ -58,9 +58,6 @@ def train_preprocess(rng, images, *, resize_size: int, image_size: int, flip: bo
   return random_flip(flip_rng, images) if flip else images
 
 
-TEST_TIME_AUGMENTATIONS = ('none', 'flip', 'crops_flip')
-
-
 def eval_views(images, *, image_size: int, resize_size: int = 0, augmentation: str = 'none',
                padding: int = 0):
   """uint8 (B, h, w, 3) -> float32 (V, B, image_size, image_size, 3) in [0, 1].

@@ -1,5 +1,9 @@
 """Checks a config before anything is loaded or compiled; each failure is one line that names
-the field and what it may be."""
+the field and what it may be.
+
+main.py imports this module to check a command line before it loads JAX and TensorFlow, so it
+imports neither at the top: the model classes (Flax) are imported where their fields are read.
+"""
 
 import dataclasses
 import math
@@ -8,11 +12,8 @@ import tempfile
 
 import ml_collections
 
-from tlb_jax.augment import TEST_TIME_AUGMENTATIONS
-from tlb_jax.input_pipeline import DATASETS
-from tlb_jax.models import MODELS
-from tlb_jax.models.layers import POWER_OF_TWO_TOKENIZERS, TOKENIZERS
-from tlb_jax.train_state import ADAM_EPS_PLACEMENTS
+from tlb_jax.choices import (ADAM_EPS_PLACEMENTS, DATASETS, POWER_OF_TWO_TOKENIZERS,
+                             TEST_TIME_AUGMENTATIONS, TOKENIZERS)
 
 DTYPES = ('auto', 'float32', 'bfloat16', 'float16')
 LR_SCHEDULES = ('constant', 'warmup_cosine')
@@ -21,7 +22,7 @@ MODEL_CHOICES = {
     'tlb': {'head': ('slow_mean', 'fast_last_mean'), 'slow_stream_init': ('learned', 'zeros'),
             'remat': ('none', 'dots', 'full'), 'tokenizer': TOKENIZERS,
             'variant': ('paper', 'keras_seed')},
-    'perceiver': {},
+    'perceiver': {'tokenizer': TOKENIZERS},
     'vit': {'tokenizer': TOKENIZERS},
 }
 POSITIVE_INTS = ('batch_size', 'eval_batch_size', 'image_size', 'resize_size', 'num_epochs',
@@ -44,9 +45,15 @@ FIELDS = (
     'num_attention_images')
 
 
+def _models() -> dict:
+  """tlb_jax.models.MODELS, {name: Flax module class}; imported here, not at the top (JAX)."""
+  from tlb_jax.models import MODELS  # pylint: disable=g-import-not-at-top
+  return MODELS
+
+
 def model_fields(model: str) -> tuple[str, ...]:
   """The hyper-parameters of `model` that a config's section sets: the module's attributes."""
-  return tuple(f.name for f in dataclasses.fields(MODELS[model])
+  return tuple(f.name for f in dataclasses.fields(_models()[model])
                if f.name not in ('num_classes', 'dtype', 'parent', 'name'))
 
 
@@ -54,7 +61,7 @@ def missing_fields(saved: dict) -> list[str]:
   """The fields of the current configs that `saved` (a config as a dict) lacks."""
   missing = [f for f in FIELDS if f not in saved]
   model = saved.get('model')
-  if model in MODELS:
+  if model in _models():
     section = saved.get(model, {})
     missing += [f'{model}.{f}' for f in model_fields(model) if f not in section]
   return missing

@@ -63,3 +63,13 @@ def evaluate_checkpoint(workdir: str,
   if jax.process_index() == 0:
     run_plots.write_confusion(workdir, config)
   return results
+
+
+def test_summary(results: dict[str, Any]) -> str:
+  """One line of a results.json's test figures, in percent as the README's tables give them:
+  'step S: test top-1 85.49%, top-5 99.15%[, superclass top-1 x%], loss L on N examples'."""
+  superclass = results.get('test_superclass_top1')
+  return (f'step {results["step"]}: {results["test_split"]} top-1 '
+          f'{100 * results["test_top1"]:.2f}%, top-5 {100 * results["test_top5"]:.2f}%'
+          + (f', superclass top-1 {100 * superclass:.2f}%' if superclass is not None else '')
+          + f', loss {results["test_loss"]:.4f} on {results["test_examples"]} examples')

@@ -6,6 +6,7 @@ Augmentation is not done here: it runs on the accelerator inside the jitted step
 
 import dataclasses
 import os
+import re
 import socket
 from collections.abc import Iterator
 
@@ -15,7 +16,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-DATASETS = ('cifar10', 'cifar100')
+from tlb_jax.choices import DATASETS
+
 # Used when a prepared TFDS dir was copied without its label files and TFDS names classes '0'..'9'.
 CIFAR10_CLASS_NAMES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse',
                        'ship', 'truck')
@@ -117,10 +119,39 @@ def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   return builder
 
 
+# A split string ending in this takes its slice in the order of the dataset's original files
+# (CIFAR's data_batch_1..5, as Keras' `cifar10.load_data()` returns them) rather than TFDS's.
+OFFICIAL_ORDER = '@official'
+_OFFICIAL_SLICE = re.compile(r'^(\w+)\[(-?\d*):(-?\d*)\]$')
+
+
+def official_order(ids: np.ndarray) -> np.ndarray:
+  """The permutation that puts examples in their original files' order, from TFDS CIFAR ids
+  such as b'train_00042' (the index in the original files)."""
+  return np.argsort([int(i.decode().rsplit('_', 1)[1]) for i in ids], kind='stable')
+
+
+def _read(builder: tfds.core.DatasetBuilder, split: str) -> dict[str, np.ndarray]:
+  """A TFDS split string (e.g. 'train[:40000]', or 'train[:40000]@official') as numpy arrays."""
+  if not split.endswith(OFFICIAL_ORDER):
+    return tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+  match = _OFFICIAL_SLICE.match(split[:-len(OFFICIAL_ORDER)])
+  if match is None:
+    raise ValueError(f'{OFFICIAL_ORDER} takes a split with an example slice such as '
+                     f'train[:40000]{OFFICIAL_ORDER}')
+  name, start, stop = match.groups()
+  data = tfds.as_numpy(builder.as_dataset(split=name, batch_size=-1))
+  chosen = official_order(data['id'])[slice(int(start) if start else None,
+                                            int(stop) if stop else None)]
+  return {key: value[chosen] for key, value in data.items()}
+
+
 def load_split(builder: tfds.core.DatasetBuilder, split: str) -> Split:
-  """Reads a whole TFDS split (e.g. 'train[:40000]') into memory."""
+  """Reads a whole split into memory: a TFDS split string such as 'train[:40000]', or one with
+  an example slice followed by '@official', sliced in the original files' order (the Keras
+  example's 'train[:40000]@official' / 'train[40000:]@official')."""
   try:
-    data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+    data = _read(builder, split)
   except (ValueError, AssertionError, KeyError) as e:
     raise DataError(f'cannot read split {split!r} of {builder.name}: {e}') from None
   if len(data['label']) == 0:

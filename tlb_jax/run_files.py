@@ -110,10 +110,12 @@ def _config_changes(workdir: str) -> list[dict[str, Any]]:
 
 def changed_fields(saved: dict[str, Any], config: ml_collections.ConfigDict
                    ) -> dict[str, list[Any]]:
-  """{field: [saved value, value in `config`]} for every field whose value differs."""
+  """{field: [saved value, value in `config`]} for every field of the saved config whose value
+  differs. Fields the saved config lacks are left out: they were added to tlb-jax after the run
+  started, in another model's section (a run lacking a field of its own is refused)."""
   old, new = _flat(saved), _flat(json.loads(json.dumps(config.to_dict())))
-  return {field: [old.get(field), value] for field, value in sorted(new.items())
-          if old.get(field) != value}
+  return {field: [old[field], value] for field, value in sorted(new.items())
+          if field in old and old[field] != value}
 
 
 def record_config(workdir: str, config: ml_collections.ConfigDict, step: int,

@@ -50,10 +50,10 @@ def train_step(state: TrainState, batch, *, learning_rate_fn, resize_size: int,
   (`augment.mix_batch`) and the loss weighs both labels; the accuracy metrics still compare
   against each image's own label.
 
-  With `microbatch_size` > 0 (a divisor of the per-device batch) the gradient is accumulated
-  over micro-batches of that many images, one after the other, so the step's activations take
-  the memory of one micro-batch; the update is the whole batch's (dropout masks are drawn per
-  micro-batch).
+  With `microbatch_size` > 0 (a divisor of the per-device batch; a batch no larger is one
+  micro-batch) the gradient is accumulated over micro-batches of that many images, one after
+  the other, so the step's activations take the memory of one micro-batch; the update is the
+  whole batch's (dropout masks are drawn per micro-batch).
 
   A step whose loss or gradient is not finite is reported in the metrics ('nonfinite'); with
   `skip_nonfinite_steps` it leaves parameters and optimizer state unchanged (the step count
@@ -90,7 +90,7 @@ def train_step(state: TrainState, batch, *, learning_rate_fn, resize_size: int,
           logits, targets[1][0], label_smoothing)
     return losses.mean(), (losses, logits)
 
-  if microbatch_size <= 0 or microbatch_size == labels.shape[0]:
+  if not 0 < microbatch_size < labels.shape[0]:
     grads, (losses, logits) = jax.grad(loss_fn, has_aux=True)(
         state.params, images, targets, dropout_rng)
   else:

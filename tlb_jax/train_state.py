@@ -10,6 +10,8 @@ import ml_collections
 import optax
 from flax.training import train_state
 
+from tlb_jax.choices import ADAM_EPS_PLACEMENTS
+
 
 class TrainState(train_state.TrainState):
   """Flax TrainState plus the base PRNG key (raw uint32 key data, so Orbax can store it)."""
@@ -37,11 +39,6 @@ def weight_decay_mask(params) -> Any:
     return (param.ndim > 1 and not name.endswith("['bias']")
             and 'position_embedding' not in name and 'initial_' not in name)
   return jax.tree_util.tree_map_with_path(decays, params)
-
-
-# Where Adam's epsilon goes: 'optax' adds it to sqrt(v_hat), 'keras' to sqrt(v) before the bias
-# correction (`scale_by_keras_adam`).
-ADAM_EPS_PLACEMENTS = ('optax', 'keras')
 
 
 def scale_by_keras_adam(b1: float, b2: float, eps: float) -> optax.GradientTransformation:

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from tlb_jax.choices import POWER_OF_TWO_TOKENIZERS, TOKENIZERS
+
 Dtype = Any
 
 # Name of `Dropout`'s keep-masks, by which a remat policy can store them.
@@ -219,11 +221,6 @@ class AttentionBlock(nn.Module):
     y = MlpBlock(self.mlp_ratio, self.dropout_rate, self.dtype, self.approximate_gelu,
                  self.keras_init, name='mlp')(norm('norm_mlp')(x), deterministic=deterministic)
     return x + y, weights
-
-
-TOKENIZERS = ('linear', 'conv', 'stem')
-# Tokenizers that halve the resolution log2(patch_size) times.
-POWER_OF_TWO_TOKENIZERS = ('conv', 'stem')
 
 
 def neighbourhoods_3x3(x, stride: int, centre_offset: int = 0):

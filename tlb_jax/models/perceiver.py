@@ -23,7 +23,8 @@ class Perceiver(nn.Module):
 
   Attributes:
     num_classes: size of the logits.
-    patch_size: side of the square patches (conv kernel = stride); the seed uses 2 on 64x64.
+    patch_size: side of the square patches; the seed uses 2 on 64x64.
+    tokenizer: 'linear' (patch projection, the seed), 'conv' or 'stem' (see `PatchEmbed`).
     embed_dim: D, width of the byte and latent arrays (the seed's `projection_dim`).
     num_latents: L, rows of the latent array (the seed's `latent_dim`).
     num_layers: self-attention blocks in the latent tower (the seed's
@@ -42,6 +43,7 @@ class Perceiver(nn.Module):
 
   num_classes: int
   patch_size: int = 2
+  tokenizer: str = 'linear'
   embed_dim: int = 256
   num_latents: int = 256
   num_layers: int = 4
@@ -62,7 +64,7 @@ class Perceiver(nn.Module):
     (B, I, L, D), the latent array after each iteration, and 'attention' (B, I, Hc, L, N), the
     latent-over-patch cross-attention weights of each iteration.
     """
-    byte_array = PatchEmbed(self.patch_size, self.embed_dim, self.dtype,
+    byte_array = PatchEmbed(self.patch_size, self.embed_dim, self.dtype, self.tokenizer,
                             name='patch_embed')(images)
     batch, _, features = byte_array.shape
     # Named 'initial_*' like the TLB's initial slow stream: no weight decay with

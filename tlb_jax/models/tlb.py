@@ -8,7 +8,9 @@ runs once per chunk:
   slow stream  (temporal latent bottleneck): `num_latents` vectors updated by one cross-attention
                 block (slow queries -> fast keys/values), carried to the next chunk.
 
-The recurrence is `nn.scan` over the chunk axis with parameters shared across steps.
+The recurrence is `nn.scan` over the chunk axis with parameters shared across steps. In the
+'paper' variant the fast stream's self-attention blocks before its first cross-attention do not
+read the slow stream, so they run before the scan, on all chunks at once (`TLB`, "Hoisting").
 
 `variant` picks the blocks: 'paper' (above) or 'keras_seed', which computes exactly the function
 of the Keras seed's model (`benchmarks/keras_seed.py`), so that its weights port by name
@@ -22,6 +24,9 @@ features (Keras `key_dim=embed_dim`) and take Keras's default initializers; its 
 the first attention sub-layer of one more block.
 Shape letters: B batch, N tokens, C chunks, K chunk_size, L num_latents, D embed_dim, H heads.
 """
+
+import functools
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -51,10 +56,25 @@ def seed_perceptual_blocks(num_layers: int, cross_attention_every: int) -> int:
   return num_layers + len(range(0, num_layers, cross_attention_every))
 
 
+def num_prefix_layers(variant: str, num_layers: int, cross_attention_every: int) -> int:
+  """Fast-stream self-attention blocks that run before the first cross-attention to the slow
+  stream: layers 0 .. r-1 of the 'paper' cell (all of them if r > num_layers); none in
+  'keras_seed', whose first block cross-attends itself."""
+  if variant == 'keras_seed':
+    return 0
+  return min(cross_attention_every, num_layers)
+
+
 class TLBCell(nn.Module):
   """One recurrent step over a chunk.
 
-  Attributes mirror `TLB`; `deterministic` turns dropout off.
+  Attributes mirror `TLB`; `deterministic` turns dropout off; `head_dim` is Dh of every block
+  (None: D // H; `TLB` passes D for 'keras_seed', whose heads have D features each).
+
+  `__call__` runs the whole cell. The first `num_prefix_layers` fast-stream blocks do not read
+  the slow stream, so `fast_stream_prefix` can run them on any number of chunks at once, and
+  `__call__(..., prefix_applied=True)` then runs the rest of the cell. The blocks are defined in
+  `setup`, so both methods use the same parameters, under the same names.
   """
 
   num_layers: int
@@ -67,38 +87,68 @@ class TLBCell(nn.Module):
   deterministic: bool
   return_intermediates: bool = False
   variant: str = 'paper'
+  head_dim: int | None = None
 
-  @nn.compact
-  def __call__(self, carry, chunk):
-    """carry ((B, L, D) slow stream, (B, K, D) last fast stream), chunk (B, K, D).
+  def setup(self):
+    seed = self.variant == 'keras_seed'
+    block = functools.partial(
+        AttentionBlock, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
+        dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
+        dtype=self.dtype, head_dim=self.head_dim, qkv_norms=seed, approximate_gelu=not seed,
+        keras_init=seed)
+    if seed:
+      self.perceptual = [
+          block(name=f'perceptual_{index}')
+          for index in range(seed_perceptual_blocks(self.num_layers, self.cross_attention_every))]
+    else:
+      self.fast_self_attention = [block(name=f'fast_self_attention_{layer}')
+                                  for layer in range(self.num_layers)]
+      # One after each r-th self-attention block: index k follows layer (k + 1) * r - 1.
+      self.fast_cross_attention = [
+          block(name=f'fast_cross_attention_{layer}') for layer in range(self.num_layers)
+          if (layer + 1) % self.cross_attention_every == 0]
+    self.slow_update = block(name='slow_update')
+
+  def fast_stream_prefix(self, tokens):
+    """tokens (M, K, D), any number M of chunks -> (M, K, D) after the first
+    `num_prefix_layers` fast-stream self-attention blocks.
+
+    With dropout, one call draws one mask over all M chunks.
+    """
+    for layer in range(num_prefix_layers(self.variant, self.num_layers,
+                                         self.cross_attention_every)):
+      tokens, _ = self.fast_self_attention[layer](tokens, deterministic=self.deterministic)
+    return tokens
+
+  def __call__(self, carry, chunk, *, prefix_applied: bool = False):
+    """carry ((B, L, D) slow stream, (B, K, D) last fast stream), chunk (B, K, D): the chunk's
+    tokens or, with `prefix_applied`, `fast_stream_prefix` of them.
 
     Returns:
       The new carry and, if `return_intermediates`, a dict with the new slow stream (B, L, D)
       and the bottleneck's attention weights (B, H, L, K); otherwise None.
     """
     slow_stream, _ = carry
-    seed = self.variant == 'keras_seed'
-    block = lambda name: AttentionBlock(
-        num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dropout_rate=self.dropout_rate,
-        attention_dropout_rate=self.attention_dropout_rate, dtype=self.dtype,
-        head_dim=chunk.shape[-1] if seed else None, qkv_norms=seed, approximate_gelu=not seed,
-        keras_init=seed, name=name)
-    fast_stream = chunk
-    if seed:
-      for index in range(seed_perceptual_blocks(self.num_layers, self.cross_attention_every)):
-        layer = block(f'perceptual_{index}')
+    if self.variant == 'keras_seed':
+      if prefix_applied:
+        raise ValueError("the 'keras_seed' cell has no fast-stream prefix")
+      fast_stream = chunk
+      for index, layer in enumerate(self.perceptual):
         fast_stream, _ = layer(fast_stream, deterministic=self.deterministic)
         if index % self.cross_attention_every == 0:
           fast_stream, _ = layer(fast_stream, slow_stream, deterministic=self.deterministic,
                                  stream='slow')
     else:
+      fast_stream = chunk if prefix_applied else self.fast_stream_prefix(chunk)
+      first = num_prefix_layers(self.variant, self.num_layers, self.cross_attention_every)
       for layer in range(self.num_layers):
-        fast_stream, _ = block(f'fast_self_attention_{layer}')(
-            fast_stream, deterministic=self.deterministic)
+        if layer >= first:
+          fast_stream, _ = self.fast_self_attention[layer](
+              fast_stream, deterministic=self.deterministic)
         if (layer + 1) % self.cross_attention_every == 0:
-          fast_stream, _ = block(f'fast_cross_attention_{layer}')(
+          fast_stream, _ = self.fast_cross_attention[layer // self.cross_attention_every](
               fast_stream, slow_stream, deterministic=self.deterministic)
-    slow_stream, weights = block('slow_update')(
+    slow_stream, weights = self.slow_update(
         slow_stream, fast_stream, deterministic=self.deterministic)
     outputs = None
     if self.return_intermediates:
@@ -133,8 +183,17 @@ class TLB(nn.Module):
     scan_unroll: chunks per iteration of the compiled scan loop.
     remat: what the backward pass recomputes instead of storing for every chunk: 'none'
       (store everything), 'dots' (store projection outputs and dropout masks, recompute the
-      rest) or 'full'
-      (store only the carried streams).
+      rest) or 'full' (store only the carried streams). The hoisted blocks (below) follow the
+      same policy.
+
+  Hoisting: in the 'paper' variant the first `num_prefix_layers` fast-stream blocks (those
+  before the first cross-attention; 2 of 4 with r = 2) do not read the slow stream. They run
+  before the chunk scan, on all B * C chunks as one batch, so XLA gets larger matmuls, the
+  sequential loop does less, and their weight gradients are one matmul each instead of one per
+  chunk. The function and the parameters (names and shapes) are those of running them inside
+  the scan; only dropout differs: the hoisted blocks draw one mask over all chunks, so a
+  training step draws other masks (from the same distribution) for the same rng.
+  `TLBWithoutHoisting` (`hoist_first_blocks` False) runs every block inside the scan.
   """
 
   num_classes: int
@@ -155,6 +214,9 @@ class TLB(nn.Module):
   dtype: Dtype = jnp.float32
   scan_unroll: int = 1
   remat: str = 'none'
+  # A class attribute, not a dataclass field, so that configs (and the config.json of saved
+  # runs) have no entry for it; `TLBWithoutHoisting` turns it off.
+  hoist_first_blocks: ClassVar[bool] = True
 
   @nn.compact
   def __call__(self, images, *, train: bool, return_intermediates: bool = False):
@@ -178,33 +240,16 @@ class TLB(nn.Module):
     if num_tokens % self.chunk_size:
       raise ValueError(f'{num_tokens} patches are not divisible by chunk_size {self.chunk_size}')
     num_chunks = num_tokens // self.chunk_size
-    # Chunk-major layout: each scan step reads one contiguous (B, K, D) slab.
-    chunks = tokens.reshape(batch, num_chunks, self.chunk_size, features).swapaxes(0, 1)
+    if self.remat not in REMAT_CHOICES:
+      raise ValueError(f'remat must be one of {REMAT_CHOICES}, got {self.remat!r}')
 
     if self.slow_stream_init == 'learned':
       initial = self.param('initial_slow_stream', nn.initializers.normal(0.02),
                            (self.num_latents, features))
     else:
       initial = jnp.zeros((self.num_latents, features))
-    slow_stream = jnp.broadcast_to(initial.astype(self.dtype),
-                                   (batch, self.num_latents, features))
-    carry = (slow_stream, jnp.zeros_like(chunks[0]))
 
-    if self.remat not in REMAT_CHOICES:
-      raise ValueError(f'remat must be one of {REMAT_CHOICES}, got {self.remat!r}')
-    cell = TLBCell
-    if self.remat != 'none':
-      cell = nn.remat(TLBCell, prevent_cse=False, policy=REMAT_POLICIES[self.remat])
-    recurrence = nn.scan(
-        cell,
-        variable_broadcast='params',
-        split_rngs={'params': False, 'dropout': True},
-        in_axes=0,
-        out_axes=0,
-        length=num_chunks,
-        unroll=max(1, min(self.scan_unroll, num_chunks)),
-    )
-    (slow_stream, fast_stream), intermediates = recurrence(
+    cell = TLBCell(
         num_layers=self.num_layers,
         cross_attention_every=self.cross_attention_every,
         num_heads=self.num_heads,
@@ -215,8 +260,43 @@ class TLB(nn.Module):
         deterministic=not train,
         return_intermediates=return_intermediates,
         variant=self.variant,
+        head_dim=features if seed else None,
         name='recurrence',
-    )(carry, chunks)
+    )
+    hoist = self.hoist_first_blocks and num_prefix_layers(
+        self.variant, self.num_layers, self.cross_attention_every) > 0
+
+    # Lifted over functions of the one `cell`, so that the blocks before and inside the scan
+    # are the same submodules of 'recurrence'.
+    def prefix(cell, tokens):
+      return cell.fast_stream_prefix(tokens)
+
+    def step(cell, carry, chunk):
+      return cell(carry, chunk, prefix_applied=hoist)
+
+    if self.remat != 'none':
+      remat = functools.partial(nn.remat, prevent_cse=False, policy=REMAT_POLICIES[self.remat])
+      prefix, step = remat(prefix), remat(step)
+
+    if hoist:
+      # Batch-major (B * C, K, D): a reshape of the tokens, no transpose.
+      tokens = prefix(cell, tokens.reshape(batch * num_chunks, self.chunk_size, features))
+      tokens = tokens.reshape(batch, num_tokens, features)
+    # Chunk-major layout: each scan step reads one contiguous (B, K, D) slab.
+    chunks = tokens.reshape(batch, num_chunks, self.chunk_size, features).swapaxes(0, 1)
+    slow_stream = jnp.broadcast_to(initial.astype(self.dtype),
+                                   (batch, self.num_latents, features))
+    carry = (slow_stream, jnp.zeros_like(chunks[0]))
+    recurrence = nn.scan(
+        step,
+        variable_broadcast='params',
+        split_rngs={'params': False, 'dropout': True},
+        in_axes=0,
+        out_axes=0,
+        length=num_chunks,
+        unroll=max(1, min(self.scan_unroll, num_chunks)),
+    )
+    (slow_stream, fast_stream), intermediates = recurrence(cell, carry, chunks)
 
     if self.head == 'slow_mean':
       logits = classification_head(slow_stream, self.num_classes, dtype=self.dtype,
@@ -227,3 +307,10 @@ class TLB(nn.Module):
     if not return_intermediates:
       return logits
     return logits, {name: value.swapaxes(0, 1) for name, value in intermediates.items()}
+
+
+class TLBWithoutHoisting(TLB):
+  """`TLB` with every fast-stream block inside the chunk scan: the same function and parameters,
+  for measuring what hoisting gains (`benchmarks/hoist_ab.py`)."""
+
+  hoist_first_blocks = False

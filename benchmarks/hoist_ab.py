@@ -1,0 +1,91 @@
+"""A/B of hoisting: train-step images/s of `TLB`, whose first fast-stream blocks run on all
+chunks before the chunk scan, and of `TLBWithoutHoisting`, which runs them inside it.
+
+  python -m benchmarks.hoist_ab                       # configs/cifar10.py, batch 128
+  python -m benchmarks.hoist_ab --config=cifar10_seed --variant=paper --batch_size=256
+
+Both are `tlb_jax.train.train_step` (augmentation included) of the same config and parameters,
+pmapped as `tlb_jax.benchmark` runs it, on one fixed random batch. Each pair times the two
+back to back (in alternating order), the median of `--repeats` calls each, so that the drift
+of a shared machine's speed falls on both; compare the ratios, not figures of other runs.
+"""
+
+import argparse
+import dataclasses
+import importlib
+
+import jax
+import numpy as np
+from flax import jax_utils
+
+from tlb_jax import allocator, train, train_state
+from tlb_jax.benchmark import median_seconds
+from tlb_jax.models import create_model
+from tlb_jax.models.tlb import TLB, TLBWithoutHoisting
+
+NUM_CLASSES = 10
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(prog='python -m benchmarks.hoist_ab', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--config', default='cifar10', help='a module of configs/')
+  parser.add_argument('--variant', default=None, help="overrides config.tlb.variant")
+  parser.add_argument('--batch_size', type=int, default=128)
+  parser.add_argument('--pairs', type=int, default=5)
+  parser.add_argument('--repeats', type=int, default=10, help='timed calls per measurement')
+  parser.add_argument('--warmup', type=int, default=2, help='untimed calls before the first')
+  return parser.parse_args(argv)
+
+
+def train_step_runner(config, model_class):
+  """A blocking zero-argument callable running the pmapped train step of `model_class` with
+  the hyper-parameters of `config.tlb` on a fixed batch of `config.batch_size` images."""
+  model = create_model(config, NUM_CLASSES)
+  model = model_class(**{field.name: getattr(model, field.name) for field in dataclasses.fields(TLB)
+                         if field.name not in ('parent', 'name')})
+  learning_rate_fn = train_state.create_learning_rate_fn(config, 100, 1000)
+  state = train_state.create_train_state(jax.random.PRNGKey(0), model, config.image_size,
+                                         train_state.create_optimizer(config, learning_rate_fn))
+  devices = jax.local_device_count()
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.integers(0, 256, (config.batch_size, 32, 32, 3), dtype=np.uint8),
+           'label': rng.integers(0, NUM_CLASSES, (config.batch_size,)).astype(np.int32)}
+  batch = {k: v.reshape((devices, -1) + v.shape[1:]) for k, v in batch.items()}
+  holder = {'state': jax_utils.replicate(state, axis_name='batch')}
+  step = jax.pmap(train.make_train_step(config, learning_rate_fn), axis_name='batch',
+                  donate_argnums=(0,))
+
+  def run():
+    holder['state'], metrics = step(holder['state'], batch)
+    jax.block_until_ready((holder['state'], metrics))
+
+  return run
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  config = importlib.import_module(f'configs.{args.config}').get_config()
+  if args.variant:
+    config.tlb.variant = args.variant
+  config.batch_size = args.batch_size
+  runners = {'hoisted': train_step_runner(config, TLB),
+             'in_scan': train_step_runner(config, TLBWithoutHoisting)}
+  for run in runners.values():  # compile both before timing either
+    run()
+  print(f'{args.config} (variant {config.tlb.variant}), batch {args.batch_size}, '
+        f'{allocator.preloaded_allocator()} malloc; train images/s')
+  ratios = []
+  for pair in range(args.pairs):
+    order = list(runners) if pair % 2 == 0 else list(reversed(runners))
+    rate = {name: args.batch_size / median_seconds(runners[name], args.repeats, args.warmup)
+            for name in order}
+    ratios.append(rate['hoisted'] / rate['in_scan'])
+    print(f"pair {pair}: hoisted {rate['hoisted']:.1f}, in scan {rate['in_scan']:.1f}, "
+          f'ratio {ratios[-1]:.3f}', flush=True)
+  print(f'median ratio hoisted / in scan: {np.median(ratios):.3f}')
+
+
+if __name__ == '__main__':
+  allocator.use_tcmalloc()
+  main()

@@ -1,0 +1,15 @@
+"""The values of the config fields that name a choice, shared by the modules that act on them and
+by `config_validation`.
+
+This module imports nothing: main.py checks a command line with `config_validation` before it
+loads JAX and TensorFlow, which take seconds, so that a bad one is answered at once.
+"""
+
+DATASETS = ('cifar10', 'cifar100')
+TEST_TIME_AUGMENTATIONS = ('none', 'flip', 'crops_flip')
+TOKENIZERS = ('linear', 'conv', 'stem')
+# Tokenizers that halve the resolution log2(patch_size) times.
+POWER_OF_TWO_TOKENIZERS = ('conv', 'stem')
+# Where Adam's epsilon goes: 'optax' adds it to sqrt(v_hat), 'keras' to sqrt(v) before the bias
+# correction (`train_state.scale_by_keras_adam`).
+ADAM_EPS_PLACEMENTS = ('optax', 'keras')
