@@ -1,10 +1,10 @@
 """The files of a run's workdir besides its checkpoints and TensorBoard events.
 
   config.json   the config the run started with
-  config_changes.json  fields changed when the run was resumed: [{'step': S, 'changes':
-                {'field': [old, new]}}], in order; config.json with these applied is the
-                config the run last trained with (`load_config`: what eval, predict, plots and
-                export rebuild the model from)
+  config_changes.json  the segments that a resume started with changed fields, in order:
+                {'segments': [{'step': S, 'changes': {'field': [old, new]}}]}; config.json
+                with these applied is the config the run last trained with (`load_config`:
+                what eval, predict, plots and export rebuild the model from)
   labels.json   {'class_names': [...]}, and for CIFAR-100 'superclass_names' and
                 'superclass_of_class' (the superclass of each class)
   results.json  final figures: training, validation and test (`update_results`)
