@@ -127,7 +127,7 @@ def _check_config_overrides(argv: list[str], path: str) -> None:
     cause = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
     _usage_error(f'--config={path} cannot be loaded ({cause}); pass a file such as '
                  'configs/cifar10.py')
-  known = config_validation.flatten(config)
+  known = config_validation.dotted_fields(config)
   sections = {name.rsplit('.', 1)[0] for name in known if '.' in name}
   for arg in argv:
     if not arg.startswith('--config.'):

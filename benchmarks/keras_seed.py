@@ -8,8 +8,10 @@ Suvaditya Mukherjee), kept as it is (including its reuse of one attention layer 
 self- and cross-attention) so that its speed is the seed's speed; only the mixed precision policy
 is left at float32 to match `tlb_jax.benchmark` on CPU. It times, on a fixed batch of already
 augmented 48x48 images (model only, no input pipeline): `train_on_batch` and `predict_on_batch`,
-warm-up excluded, median of `--repeats`. Needs `keras` (installed with tensorflow) and is not
-part of the test suite.
+warm-up excluded, median of `--repeats`. Like `tlb_jax.benchmark`, it restarts itself under
+tcmalloc where that is installed (`TLB_JAX_MALLOC=system`: glibc malloc) and records the
+allocator, so that the two compare like for like. Needs `keras` (installed with tensorflow)
+and is not part of the test suite.
 """
 
 import argparse
@@ -22,6 +24,7 @@ import keras  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 from keras import layers, ops  # noqa: E402
 
+from tlb_jax import allocator  # noqa: E402
 from tlb_jax.benchmark import median_seconds  # noqa: E402
 
 SEED_CONFIG = dict(image_size=48, patch_size=4, embed_dim=64, chunk_size=8, r=2, num_layers=4,
@@ -163,7 +166,8 @@ def main():
   labels = np.random.randint(0, 10, size=(args.batch_size, 1))
   model = build_seed_model(SEED_CONFIG)
   results = {'framework': f'keras {keras.__version__} ({keras.backend.backend()})',
-             'batch_size': args.batch_size, 'compute_dtype': 'float32'}
+             'allocator': allocator.preloaded_allocator(), 'batch_size': args.batch_size,
+             'compute_dtype': 'float32'}
   for name, step in (('train', lambda: model.train_on_batch(images, labels)),
                      ('eval', lambda: model.predict_on_batch(images))):
     seconds = median_seconds(step, args.repeats, args.warmup)
@@ -176,4 +180,5 @@ def main():
 
 
 if __name__ == '__main__':
+  allocator.use_tcmalloc()
   main()

@@ -13,7 +13,7 @@ import optax
 import pytest
 
 from configs import smoke
-from tlb_jax import allocator, benchmark, profiling
+from tlb_jax import allocator, benchmark, config_validation, profiling
 from tlb_jax.models.tlb import TLB
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -189,3 +189,30 @@ def test_use_tcmalloc_restarts_the_command_under_it_unless_opted_out(opt_out, ex
   process = subprocess.run([sys.executable, '-c', script, 'an', 'argument'], cwd=REPO_ROOT,
                            env=env, capture_output=True, text=True, timeout=60, check=True)
   assert process.stdout.split('\n')[0] == f"{expected} ['an', 'argument']"
+
+
+@pytest.mark.parametrize('model_name', ['vit', 'perceiver'])
+def test_sweep_runs_a_baseline_with_the_tlbs_tokens_width_and_depth(model_name):
+  """A swept ViT or Perceiver reads the TLB's patches with its width, heads and number of
+  blocks (the Perceiver: the TLB's latents as its latent array), and is a valid config."""
+  config = smoke.get_config()
+  swept = benchmark.sweep_config(config, model_name, image_size=32, batch_size=4)
+  section, tlb = swept[model_name], config.tlb
+  for field in ('patch_size', 'tokenizer', 'embed_dim', 'num_heads', 'mlp_ratio', 'num_layers'):
+    assert section[field] == tlb[field], field
+  if model_name == 'perceiver':
+    assert section.num_latents == tlb.num_latents
+  assert (swept.model, swept.image_size, swept.batch_size) == (model_name, 32, 4)
+  config_validation.validate(swept)
+
+
+def test_sweep_times_the_train_step_of_every_model_at_every_size():
+  """One row per model and image size, in that order, with its token count and a positive
+  throughput."""
+  config = smoke.get_config()
+  config.tlb.update(num_layers=1, cross_attention_every=1)
+  rows = benchmark.sweep(config, num_classes=10, image_sizes=[8, 16], batch_size=2,
+                         models=['perceiver', 'tlb'], repeats=1, warmup=1)
+  assert [(r['model'], r['tokens']) for r in rows] == [
+      ('perceiver', 4), ('perceiver', 16), ('tlb', 4), ('tlb', 16)]
+  assert all(r['images_per_s'] > 0 and r['us_per_token'] > 0 for r in rows)

@@ -1,7 +1,6 @@
 """`--mode=compare`: the runs' final figures as a table and their validation curves against
 training time."""
 
-import os
 import shutil
 
 import numpy as np

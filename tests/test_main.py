@@ -217,14 +217,17 @@ def test_train_split_smaller_than_a_batch_exits_2_before_training(tmp_path):
 
 
 def _shipped_config_names():
-  return sorted(os.path.basename(path)[:-3] for path in glob.glob(
-      os.path.join(REPO_ROOT, 'configs', '*.py')) if not path.endswith('__init__.py'))
+  """'cifar10', 'compare.vit_cifar10', ...: every config module under configs/."""
+  configs = os.path.join(REPO_ROOT, 'configs')
+  return sorted(os.path.relpath(path, configs)[:-3].replace(os.sep, '.')
+                for path in glob.glob(os.path.join(configs, '**', '*.py'), recursive=True)
+                if not path.endswith('__init__.py'))
 
 
 @pytest.mark.parametrize('name', _shipped_config_names())
 @pytest.mark.parametrize('num_devices', [1, 2])
 def test_shipped_configs_are_valid(name, num_devices):
-  """Every config in configs/ passes validation on 1 and 2 devices."""
+  """Every config under configs/ passes validation on 1 and 2 devices."""
   config = importlib.import_module(f'configs.{name}').get_config()
   config_validation.validate(config, num_devices)
 
@@ -345,9 +348,9 @@ def test_check_workdir_writable_rejects_unwritable_path():
     config_validation.check_workdir_writable('/proc/x')
 
 
-def test_flatten_gives_dotted_scalar_hparams():
+def test_hparams_are_dotted_fields_with_scalar_values():
   """Nested fields become dotted keys; values that are not scalars become strings."""
   config = ml_collections.ConfigDict({'a': 1, 'b': {'c': 'x', 'd': {'e': 2.5}}, 'f': None,
                                       'g': (1, 2)})
-  assert config_validation.flatten(config) == {'a': 1, 'b.c': 'x', 'b.d.e': 2.5, 'f': 'None',
+  assert config_validation.hparams(config) == {'a': 1, 'b.c': 'x', 'b.d.e': 2.5, 'f': 'None',
                                                'g': '(1, 2)'}

@@ -1,7 +1,7 @@
 """Throughput of the real train and eval steps, against this machine's measured matmul peak.
 
   python -m tlb_jax.benchmark --config=configs/cifar10_seed.py --config.batch_size=256
-  python -m tlb_jax.benchmark --config=configs/cifar10_seed.py --sweep   # tokens sweep, tlb vs vit
+  python -m tlb_jax.benchmark --config=configs/cifar10_seed.py --sweep   # tokens sweep: tlb, vit, perceiver
   python -m tlb_jax.benchmark --config=configs/cifar10_seed.py --profile_dir=/tmp/trace  # + where
       # the train step's time goes (tlb_jax.profiling)
   python -m tlb_jax.benchmark --config=configs/cifar10.py --noflops  # timings only: two
@@ -29,7 +29,7 @@ from ml_collections import config_flags
 
 from tlb_jax import (allocator, config_validation, evaluation, input_pipeline, profiling, train,
                      train_state)
-from tlb_jax.models import create_model, layers
+from tlb_jax.models import MODELS, create_model, layers
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', 'configs/cifar10_seed.py', 'Config to benchmark.',
@@ -37,12 +37,14 @@ config_flags.DEFINE_config_file('config', 'configs/cifar10_seed.py', 'Config to 
 flags.DEFINE_integer('repeats', 10, 'Timed calls per measurement (the median is reported).')
 flags.DEFINE_integer('warmup', 2, 'Untimed calls before timing (the first one compiles).')
 flags.DEFINE_integer('num_classes', 10, 'Logits of the benchmarked model.')
-flags.DEFINE_bool('sweep', False, 'Sweep the number of tokens for tlb and vit instead.')
+flags.DEFINE_bool('sweep', False, 'Sweep the number of tokens for --sweep_models instead.')
 flags.DEFINE_list('sweep_image_sizes', ['32', '48', '96', '144', '192'],
                   'Image sizes for --sweep (tokens = (size / patch_size) ** 2).')
 flags.DEFINE_integer('sweep_batch_size', 32, 'Global batch size for --sweep.')
-flags.DEFINE_list('sweep_models', ['tlb', 'vit'], 'Models for --sweep, at the width/depth of '
-                  'the config\'s TLB.')
+flags.DEFINE_list('sweep_models', ['tlb', 'vit', 'perceiver'], 'Models for --sweep, at the '
+                  'width/depth of the config\'s TLB (see `sweep_config`).')
+flags.register_validator('sweep_models', lambda names: set(names) <= set(MODELS),
+                         f'--sweep_models takes names from {", ".join(MODELS)}')
 flags.DEFINE_string('output', None, 'Write the results as JSON here.')
 flags.DEFINE_string('profile_dir', None, 'Also trace --profile_steps train steps with '
                     'jax.profiler into this directory (TensorBoard profile plugin) and print '
@@ -290,29 +292,46 @@ def benchmark(config, num_classes: int, repeats: int, warmup: int,
   return result
 
 
+# The fields a baseline shares with the TLB in --sweep: same tokens, width, heads and MLP.
+_SHARED_WITH_TLB = ('patch_size', 'tokenizer', 'embed_dim', 'num_heads', 'mlp_ratio',
+                    'dropout_rate', 'attention_dropout_rate')
+
+
+def sweep_config(config, model_name: str, image_size: int,
+                 batch_size: int) -> ml_collections.ConfigDict:
+  """`config` at `image_size` and `batch_size`, running `model_name` at the width and depth of
+  its TLB: a ViT of as many layers; a Perceiver with the TLB's latents as its latent array and
+  its layers as the latent tower (its other fields from the config's `perceiver` section)."""
+  base = config.tlb
+  c = copy.deepcopy(config)
+  c.unlock()
+  c.model = model_name
+  shared = {k: base[k] for k in _SHARED_WITH_TLB}
+  if model_name == 'vit':
+    c.vit = ml_collections.ConfigDict({**shared, 'num_layers': base.num_layers})
+  elif model_name == 'perceiver':
+    c.perceiver.update(shared, num_latents=base.num_latents, num_layers=base.num_layers,
+                       head_dim=None)
+  c.image_size = c.resize_size = image_size
+  c.batch_size = c.eval_batch_size = batch_size
+  return c
+
+
 def sweep(config, num_classes: int, image_sizes, batch_size: int, models, repeats: int,
           warmup: int) -> list[dict]:
-  """Train-step throughput against sequence length for each model at the TLB's width/depth."""
-  base = config[config.model]
+  """Train-step throughput against sequence length for each of `models` ('tlb', 'vit',
+  'perceiver') at the width/depth of the config's TLB (`sweep_config`)."""
   rows = []
   for model_name in models:
     for size in image_sizes:
-      c = copy.deepcopy(config)
-      c.unlock()
-      c.model = model_name
-      if model_name == 'vit':
-        c.vit = ml_collections.ConfigDict({k: base[k] for k in (
-            'patch_size', 'tokenizer', 'embed_dim', 'num_layers', 'num_heads', 'mlp_ratio',
-            'dropout_rate', 'attention_dropout_rate')})
-      c.image_size = c.resize_size = size
-      c.batch_size = c.eval_batch_size = batch_size
-      tokens = (size // base.patch_size) ** 2
+      c = sweep_config(config, model_name, size, batch_size)
+      tokens = (size // config.tlb.patch_size) ** 2
       run_train, _, _ = _pmapped_steps(c, num_classes)
       timing = measure(batch_size, {'train': run_train}, repeats, warmup)['train']
       row = {'model': model_name, 'image_size': size, 'tokens': tokens, **timing,
              'us_per_token': timing['ms_per_step'] * 1e3 / (batch_size * tokens)}
       rows.append(row)
-      print(f"{model_name:4s} {size:4d}px {tokens:5d} tokens  {row['images_per_s']:9.1f} img/s  "
+      print(f"{model_name:9s} {size:4d}px {tokens:5d} tokens  {row['images_per_s']:9.1f} img/s  "
             f"{row['us_per_token']:8.3f} us/token", flush=True)
   return rows
 

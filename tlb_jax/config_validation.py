@@ -5,10 +5,12 @@ main.py imports this module to check a command line before it loads JAX and Tens
 imports neither at the top: the model classes (Flax) are imported where their fields are read.
 """
 
+from collections.abc import Mapping
 import dataclasses
 import math
 import os
 import tempfile
+from typing import Any
 
 import ml_collections
 
@@ -185,12 +187,19 @@ def check_workdir_writable(workdir: str) -> None:
                       'directory') from None
 
 
-def flatten(config: ml_collections.ConfigDict, prefix: str = '') -> dict:
-  """{'tlb': {'embed_dim': 64}} -> {'tlb.embed_dim': 64}, values as TensorBoard hparams."""
+def dotted_fields(config: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+  """{'tlb': {'embed_dim': 64}} -> {'tlb.embed_dim': 64}, from a ConfigDict or a nested dict."""
   flat = {}
   for key, value in config.items():
-    if isinstance(value, ml_collections.ConfigDict):
-      flat.update(flatten(value, f'{prefix}{key}.'))
+    if isinstance(value, (ml_collections.ConfigDict, Mapping)):
+      flat.update(dotted_fields(value, f'{prefix}{key}.'))
     else:
-      flat[f'{prefix}{key}'] = value if isinstance(value, (int, float, str, bool)) else str(value)
+      flat[f'{prefix}{key}'] = value
   return flat
+
+
+def hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """`dotted_fields(config)` as TensorBoard hyper-parameters: scalars, anything else as its
+  string."""
+  return {field: value if isinstance(value, (int, float, str, bool)) else str(value)
+          for field, value in dotted_fields(config).items()}

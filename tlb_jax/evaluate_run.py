@@ -8,7 +8,8 @@ import jax
 import ml_collections
 from flax import jax_utils
 
-from tlb_jax import config_validation, evaluation, input_pipeline, restore, run_files, run_plots
+from tlb_jax import (config_validation, evaluation, input_pipeline, restore, run_files,
+                     run_plots, train_state)
 
 
 def evaluate_checkpoint(workdir: str,
@@ -45,7 +46,7 @@ def evaluate_checkpoint(workdir: str,
     steps_per_epoch = builder.info.splits[config.train_split].num_examples // config.batch_size
   except (KeyError, ValueError, AssertionError):
     steps_per_epoch = 0
-  num_params = sum(x.size for x in jax.tree.leaves(run.params))
+  num_params = train_state.num_params(run.params)
   confusion = metrics.pop('confusion')
   fields = {
       **run_files.run_fields(config, run.step, steps_per_epoch, num_params),

@@ -73,17 +73,6 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   _write_json(os.path.join(workdir, CONFIG), config.to_dict())
 
 
-def _flat(config: dict[str, Any], prefix: str = '') -> dict[str, Any]:
-  """{'tlb': {'embed_dim': 64}} -> {'tlb.embed_dim': 64}."""
-  flat = {}
-  for key, value in config.items():
-    if isinstance(value, dict):
-      flat.update(_flat(value, f'{prefix}{key}.'))
-    else:
-      flat[f'{prefix}{key}'] = value
-  return flat
-
-
 def _with_changes(config: dict[str, Any], changes: list[dict[str, Any]]) -> dict[str, Any]:
   """`config` (a nested dict) with every [old, new] change of `changes` set to new."""
   config = json.loads(json.dumps(config))  # a deep copy
@@ -113,7 +102,8 @@ def changed_fields(saved: dict[str, Any], config: ml_collections.ConfigDict
   """{field: [saved value, value in `config`]} for every field of the saved config whose value
   differs. Fields the saved config lacks are left out: they were added to tlb-jax after the run
   started, in another model's section (a run lacking a field of its own is refused)."""
-  old, new = _flat(saved), _flat(json.loads(json.dumps(config.to_dict())))
+  old = config_validation.dotted_fields(saved)
+  new = config_validation.dotted_fields(json.loads(json.dumps(config.to_dict())))
   return {field: [old[field], value] for field, value in sorted(new.items())
           if field in old and old[field] != value}
 

@@ -28,7 +28,7 @@ from tlb_jax import (augment, checkpointing, config_validation, evaluation, inpu
                      run_files, run_plots, training_clock)
 from tlb_jax.models import create_model
 from tlb_jax.train_state import (TrainState, create_learning_rate_fn, create_optimizer,
-                                 create_train_state)
+                                 create_train_state, num_params)
 
 
 @flax.struct.dataclass
@@ -380,7 +380,7 @@ def _train_and_test(run: RunSetup, state: TrainState, checkpoints: checkpointing
                     clock: training_clock.TrainingClock) -> dict[str, Any]:
   """`train_and_evaluate` from the restored `state` on: the loop, the final evaluations,
   results.json and the plots."""
-  start_step, num_params = int(state.step), _num_params(state)
+  start_step, param_count = int(state.step), num_params(state.params)
   writer = metric_writers.create_default_writer(
       run.workdir, just_logging=jax.process_index() > 0, asynchronous=False)
   _start_records(run, state, writer, start_step)
@@ -398,16 +398,11 @@ def _train_and_test(run: RunSetup, state: TrainState, checkpoints: checkpointing
     return run_files.load_results(run.workdir)
   results = final_evaluation(run, steps, state, writer, final_eval)
   results.update(run_files.run_fields(run.config, run.total_steps, run.steps_per_epoch,
-                                      num_params),
+                                      param_count),
                  resumed_from_step=start_step, **clock.results(run.total_steps,
                                                                run.config.batch_size))
   checkpoints.wait_until_finished()
   return _write_results(run, state, writer, results)
-
-
-def _num_params(state: TrainState) -> int:
-  """The parameter count of an unreplicated state."""
-  return sum(x.size for x in jax.tree.leaves(state.params))
 
 
 def _start_records(run: RunSetup, state: TrainState, writer, start_step: int) -> None:
@@ -419,10 +414,10 @@ def _start_records(run: RunSetup, state: TrainState, writer, start_step: int) ->
   run_files.write_labels(run.workdir, run.data.class_names, run.data.superclasses)
   if start_step == 0:
     parameter_overview.log_parameter_overview(state.params)
-    writer.write_hparams(config_validation.flatten(config))
+    writer.write_hparams(config_validation.hparams(config))
   logging.info('Config:\n%s', config)
   logging.info('%s: %d parameters; %d steps of %d images (%d per epoch); starting at step %d',
-               config.model, _num_params(state), run.total_steps, config.batch_size,
+               config.model, num_params(state.params), run.total_steps, config.batch_size,
                run.steps_per_epoch, start_step)
 
 

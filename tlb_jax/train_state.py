@@ -19,6 +19,11 @@ class TrainState(train_state.TrainState):
   rng: jax.Array
 
 
+def num_params(params) -> int:
+  """How many numbers a parameter tree (one copy, not replicated) holds."""
+  return sum(x.size for x in jax.tree.leaves(params))
+
+
 def create_learning_rate_fn(config: ml_collections.ConfigDict,
                             steps_per_epoch: int, total_steps: int) -> optax.Schedule:
   """'constant' (the seed) or linear warmup then cosine decay to `min_learning_rate`."""
