@@ -5,11 +5,12 @@ import shutil
 
 import numpy as np
 import pytest
+from clu import metric_writers
 from PIL import Image
 
 import trained_run
 from test_main import _error_lines, _main
-from tlb_jax import compare
+from tlb_jax import compare, plots
 
 
 def test_training_minutes_leave_out_the_pause_between_a_stop_and_its_resume():
@@ -41,10 +42,26 @@ def two_runs(tmp_path_factory):
   return run, other
 
 
+def test_read_curve_places_validations_at_the_training_seconds_logged_with_them(tmp_path):
+  """Each validation's minutes are the training seconds logged with it, whatever the events'
+  wall times (here both written within a second)."""
+  writer = metric_writers.create_default_writer(str(tmp_path), asynchronous=False)
+  for step, seconds, accuracy in ((100, 90.0, 0.3), (200, 150.0, 0.5)):
+    writer.write_scalars(step, {'eval_accuracy': accuracy, 'train_seconds': seconds})
+  writer.close()
+  curve = compare.read_curve(str(tmp_path))
+  np.testing.assert_allclose(curve.minutes, [1.5, 2.5])
+  np.testing.assert_allclose(curve.accuracy, [0.3, 0.5])
+
+
 def test_read_curve_gives_one_validation_point_per_epoch_in_increasing_time(two_runs):
+  """A trained run logs its training seconds with every validation; the curve uses them."""
   curve = compare.read_curve(two_runs[0])
   assert len(curve.accuracy) == trained_run.config().num_epochs
   assert (np.diff(curve.minutes) >= 0).all() and (curve.accuracy <= 1).all()
+  scalars = plots.read_scalars(two_runs[0])
+  assert sorted(scalars['train_seconds']) == sorted(scalars['eval_accuracy'])
+  np.testing.assert_allclose(curve.minutes, np.array(list(scalars['train_seconds'].values())) / 60)
 
 
 def test_compare_mode_prints_the_table_and_draws_the_curves(two_runs, tmp_path):

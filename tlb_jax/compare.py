@@ -1,5 +1,5 @@
 """`--mode=compare`: several runs side by side, a table of their final figures and a picture of
-their validation top-1 against training wall-clock time, read from their workdirs."""
+their validation top-1 against training time, read from their workdirs."""
 
 import dataclasses
 import os
@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from tlb_jax import plots, run_files
+from tlb_jax import plots, run_files, training_clock
 
-# A pause between two events longer than this is time the run was not running (stopped, then
-# resumed), and does not count as training time.
+# For runs that did not log their training seconds: a pause between two events longer than
+# this is time the run was not running (stopped, then resumed), and does not count.
 RESUME_GAP_S = 600.0
 
 
@@ -34,16 +34,24 @@ def training_minutes(wall_times: Sequence[float]) -> np.ndarray:
 
 
 def read_curve(workdir: str) -> RunCurve:
-  """The run's per-epoch validation top-1 against training minutes, from its events."""
+  """The run's per-epoch validation top-1 against training minutes, from its events.
+
+  The minutes are the run's training seconds logged with each validation (all segments,
+  validation passes left out: `training_clock`); runs of older tlb-jax versions, which did
+  not log them, are placed by the events' wall times (`training_minutes`).
+  """
   records = plots.read_scalar_records(workdir)
   minutes = training_minutes([wall_time for wall_time, _, _, _ in records])
-  by_step = {}  # a step logged twice (after a resume) keeps its last value and time
+  accuracy, clock, wall = {}, {}, {}  # by step; a step logged twice keeps its last value
   for (_, tag, step, value), minute in zip(records, minutes):
     if tag == 'eval_accuracy':
-      by_step[step] = (minute, value)
-  points = [by_step[step] for step in sorted(by_step)]
-  return RunCurve(minutes=np.array([m for m, _ in points]),
-                  accuracy=np.array([a for _, a in points]))
+      accuracy[step], wall[step] = value, minute
+    elif tag == training_clock.SECONDS:
+      clock[step] = value / 60.0
+  steps = sorted(accuracy)
+  timed = clock if all(step in clock for step in steps) else wall
+  return RunCurve(minutes=np.array([timed[step] for step in steps]),
+                  accuracy=np.array([accuracy[step] for step in steps]))
 
 
 COLUMNS = (  # (results.json field, column title, format)

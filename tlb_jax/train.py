@@ -532,11 +532,13 @@ class TrainingLoop:
                         f'{self.checkpoints.directory}; run the same command to resume', signum)
 
   def _validate(self, last: bool) -> None:
-    """A validation pass (its time is not training time), written to TensorBoard."""
+    """A validation pass (its time is not training time), written to TensorBoard with the
+    run's training seconds so far (all segments; `compare` draws the curves against them)."""
     with self.clock.paused(), self.report_progress.timed('eval'):
       result = evaluation.evaluate(self.steps.eval, self.state.params, self.run_setup.data.eval,
                                    self.run_setup.config.eval_batch_size)
-    self.writer.write_scalars(self.step, {f'eval_{k}': v for k, v in result.items()})
+    self.writer.write_scalars(self.step, {**{f'eval_{k}': v for k, v in result.items()},
+                                          training_clock.SECONDS: self.clock.seconds})
     if last:
       self.final_eval = result
 
