@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 import trained_run
 from tfds_mock import mock_cifar
-from tlb_jax import plots, predict, restore, run_plots
+from tlb_jax import keras_logs, plots, predict, restore, run_plots
 
 
 @pytest.fixture(scope='module')
@@ -208,3 +208,20 @@ def test_plots_mode_redraws_the_pictures_of_an_existing_workdir(tmp_path_factory
   assert_png(paths[0], plots.CURVES_SIZE)
   assert_png(paths[1], plots.CONFUSION_SIZE)
   assert_png(paths[2], plots.attention_grid_size(trained_run.NUM_ATTENTION_IMAGES))
+
+
+def test_keras_logs_hold_thirty_epochs_ending_at_the_published_figures():
+  assert {name: (len(log), log[-1]) for name, log in keras_logs.KERAS_LOGS.items()} == {
+      'Keras example, Keras 3 log': (30, 0.4890), 'Keras example, TF 2.12 log': (30, 0.4726)}
+
+
+def test_seed_curves_draw_the_runs_validation_per_epoch_against_both_keras_logs(workdir,
+                                                                                tmp_path):
+  curves = keras_logs.curves_against_keras(workdir, 'run')
+  assert list(curves) == ['run', *keras_logs.KERAS_LOGS]
+  epochs, accuracy = curves['run']
+  np.testing.assert_allclose(epochs, np.arange(1, trained_run.config().num_epochs + 1))
+  assert ((0 <= accuracy) & (accuracy <= 1)).all()
+  path = str(tmp_path / 'seed_curves.png')
+  plots.save_png(plots.plot_runs(curves, xlabel='epoch'), path)
+  assert_png(path, plots.CURVES_SIZE)

@@ -279,14 +279,15 @@ def attention_titles(true_names: Sequence[str] | None, pred_names: Sequence[str]
 # ----------------------------------------------------------------------------- comparison
 
 
-def plot_runs(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str = '') -> np.ndarray:
-  """Validation top-1 against training minutes, one line per run ({name: (minutes, top-1)})
-  -> RGB image CURVES_SIZE."""
+def plot_runs(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str = '',
+              xlabel: str = 'training minutes (validation passes left out)') -> np.ndarray:
+  """Validation top-1 against training time, one line per run ({name: (x, top-1)}), x in
+  minutes or as `xlabel` says -> RGB image CURVES_SIZE."""
   figure = _figure(CURVES_SIZE)
   axes = figure.subplots()
-  for name, (minutes, accuracy) in curves.items():
-    axes.plot(minutes, accuracy, marker='o', markersize=3, linewidth=1.5, label=name)
-  axes.set_xlabel('training minutes (validation passes left out)')
+  for name, (x, accuracy) in curves.items():
+    axes.plot(x, accuracy, marker='o', markersize=3, linewidth=1.5, label=name)
+  axes.set_xlabel(xlabel)
   axes.set_ylabel('validation top-1 accuracy')
   axes.grid(True, alpha=0.3)
   axes.set_xlim(left=0)

@@ -1,0 +1,62 @@
+"""The Keras example's published training logs, and a run's validation curve drawn against them.
+
+  python -m tlb_jax.keras_logs --workdir=/tmp/seed_run --output=docs/seed_curves.png
+
+The Keras example "When Recurrence meets Transformers" (keras-io,
+examples/vision/temporal_latent_bottleneck.py, by Aritra Roy Gosthipaty and Suvaditya
+Mukherjee) trains its TLB on CIFAR-10 for 30 epochs and prints its validation accuracy after
+each; two versions of the page show a log: the current one (Keras 3) and the first one
+(TensorFlow 2.12, mixed precision). `configs/cifar10_seed.py` is that model and recipe.
+"""
+
+import sys
+
+import numpy as np
+from absl import app, flags
+
+from tlb_jax import plots
+
+# Validation top-1 after epochs 1-30, as printed in the two logs (`val_accuracy`).
+KERAS_LOGS = {
+    'Keras example, Keras 3 log': (
+        0.1486, 0.2249, 0.2610, 0.2765, 0.2985, 0.3055, 0.3209, 0.3231, 0.3445, 0.3591,
+        0.3793, 0.3667, 0.3995, 0.4026, 0.3990, 0.4216, 0.4281, 0.4294, 0.4338, 0.4430,
+        0.4504, 0.4563, 0.4647, 0.4640, 0.4663, 0.4769, 0.4808, 0.4810, 0.4844, 0.4890),
+    'Keras example, TF 2.12 log': (
+        0.1251, 0.1846, 0.2241, 0.2477, 0.2671, 0.2665, 0.2831, 0.2968, 0.2969, 0.3200,
+        0.3330, 0.3464, 0.3669, 0.3710, 0.3866, 0.3933, 0.4161, 0.4170, 0.4239, 0.4223,
+        0.4390, 0.4455, 0.4424, 0.4532, 0.4584, 0.4592, 0.4619, 0.4704, 0.4751, 0.4726),
+}
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'The run to draw (its TensorBoard events).')
+flags.DEFINE_string('output', None, 'The PNG to write.')
+flags.DEFINE_string('name', 'tlb-jax, configs/cifar10_seed.py', "The run's line in the legend.")
+
+
+def curves_against_keras(workdir: str, name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """{line name: (epochs (N,), validation top-1 (N,))}: the run's, then the two logs'."""
+  run = plots.epoch_curves(plots.read_scalars(workdir))
+  curves = {name: (run['eval_epoch'], run['eval_accuracy'])}
+  for log_name, accuracy in KERAS_LOGS.items():
+    curves[log_name] = (np.arange(1, len(accuracy) + 1, dtype=np.float64), np.array(accuracy))
+  return curves
+
+
+def main(argv):
+  del argv
+  if not FLAGS.workdir or not FLAGS.output:
+    print('error: pass --workdir=RUN and --output=FILE.png', file=sys.stderr)
+    sys.exit(2)
+  curves = curves_against_keras(FLAGS.workdir, FLAGS.name)
+  if not len(curves[FLAGS.name][0]):
+    print(f'error: {FLAGS.workdir} has no validation figures to draw; pass the workdir of a '
+          'run with a validation split', file=sys.stderr)
+    sys.exit(2)
+  plots.save_png(plots.plot_runs(curves, title='CIFAR-10, the seed model and recipe',
+                                 xlabel='epoch'), FLAGS.output)
+  print(f'wrote {FLAGS.output}')
+
+
+if __name__ == '__main__':
+  app.run(main)
