@@ -33,7 +33,8 @@ def get_config() -> ml_collections.ConfigDict:
       variant='paper',           # blocks: 'paper', or 'keras_seed': exactly the Keras seed's
                                  # model (its weights port by name: tlb_jax/keras_port.py)
       scan_unroll=1,             # chunks per compiled loop iteration
-      remat='dots',              # backward recomputes all but projections ('none', 'full')
+      remat='dots',              # backward recomputes all but projections ('none',
+                                 # 'dots_activations', 'full')
   ))
   # A ViT of about the TLB's parameter count: the same patch embedding and block type, 7 blocks
   # over all tokens (the TLB has 4 self-attention + 2 cross-attention + 1 slow-update blocks).

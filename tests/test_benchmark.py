@@ -12,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 
+from benchmarks import config_ab
 from configs import smoke
 from tlb_jax import allocator, benchmark, config_validation, profiling
 from tlb_jax.models.tlb import TLB
@@ -216,3 +217,13 @@ def test_sweep_times_the_train_step_of_every_model_at_every_size():
   assert [(r['model'], r['tokens']) for r in rows] == [
       ('perceiver', 4), ('perceiver', 16), ('tlb', 4), ('tlb', 16)]
   assert all(r['images_per_s'] > 0 and r['us_per_token'] > 0 for r in rows)
+
+
+def test_config_ab_overrides_dotted_fields_with_literals_or_strings_and_leaves_the_base():
+  base = smoke.get_config()
+  changed = config_ab.with_overrides(
+      base, ['tlb.remat=dots_activations', 'batch_size=64', 'learning_rate=2e-3'])
+  assert (changed.tlb.remat, changed.batch_size, changed.learning_rate) == (
+      'dots_activations', 64, 2e-3)
+  assert (base.tlb.remat, base.batch_size) == (smoke.get_config().tlb.remat,
+                                               smoke.get_config().batch_size)

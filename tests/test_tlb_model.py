@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from configs import smoke
+from tlb_jax.choices import REMATS
 from tlb_jax.models import create_model
 from tlb_jax.models.layers import LAYER_NORM_EPSILON, Conv3x3, Dropout, PatchEmbed
-from tlb_jax.models.tlb import TLB, TLBCell
+from tlb_jax.models.tlb import REMAT_POLICIES, TLB, TLBCell
 
 NUM_CLASSES = 10
 # 16x16 images, 4x4 patches -> 16 tokens in 4 chunks of 4; chunk c is image rows 4c..4c+3.
@@ -229,7 +230,11 @@ def stored_gradients(base):
   return _dropout_gradients(base, 'none')
 
 
-@pytest.mark.parametrize('remat', ['dots', 'full'])
+def test_the_remat_choices_are_none_and_every_policy():
+  assert set(REMATS) == {'none', *REMAT_POLICIES}
+
+
+@pytest.mark.parametrize('remat', ['dots', 'dots_activations', 'full'])
 def test_remat_gives_the_gradients_of_storing_everything(base, stored_gradients, remat):
   """With dropout on, every remat policy gives the gradients of remat='none'."""
   jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-6),

@@ -137,7 +137,7 @@ def _gflops(lowered) -> float:
   return cost['flops'] / 1e9 if cost and 'flops' in cost else float('nan')
 
 
-def _pmapped_steps(config, num_classes: int, devices=None):
+def pmapped_steps(config, num_classes: int, devices=None):
   """Blocking zero-argument callables running the pmapped train and eval steps on fixed
   batches, and a function giving the compiled train step's HLO text. `devices`: the local
   devices to run on (default: all)."""
@@ -163,7 +163,7 @@ def _pmapped_steps(config, num_classes: int, devices=None):
 
 
 def measure(batch_size: int, steps: dict, repeats: int, warmup: int) -> dict[str, dict]:
-  """Times each of `steps` ({name: blocking callable from `_pmapped_steps`}) on `batch_size`
+  """Times each of `steps` ({name: blocking callable from `pmapped_steps`}) on `batch_size`
   images."""
   results = {}
   for name, fn in steps.items():
@@ -246,7 +246,7 @@ def pmap_scaling(config, num_classes: int, per_device_batch: int, device_counts,
   for n in device_counts:
     c = copy.deepcopy(config)
     c.batch_size = c.eval_batch_size = n * per_device_batch
-    run_train, _, _ = _pmapped_steps(c, num_classes, devices=jax.local_devices()[:n])
+    run_train, _, _ = pmapped_steps(c, num_classes, devices=jax.local_devices()[:n])
     rows.append({'devices': n, 'batch_size': c.batch_size,
                  **measure(c.batch_size, {'train': run_train}, repeats, warmup)['train']})
   base = rows[0]['images_per_s'] / rows[0]['devices']
@@ -270,7 +270,7 @@ def benchmark(config, num_classes: int, repeats: int, warmup: int,
   compute_dtype = np.dtype(layers.resolve_dtype(config.dtype)).name
   peaks = {'float32': matmul_peak(jnp.float32), 'bfloat16': matmul_peak(jnp.bfloat16)}
   gflops = step_gflops(config, config.batch_size, num_classes) if count_flops else None
-  run_train, run_eval, train_hlo_text = _pmapped_steps(config, num_classes)
+  run_train, run_eval, train_hlo_text = pmapped_steps(config, num_classes)
   timings = measure(config.batch_size, {'train': run_train, 'eval': run_eval}, repeats, warmup)
   peak = peaks.get(compute_dtype, peaks['float32'])
   if gflops:
@@ -326,7 +326,7 @@ def sweep(config, num_classes: int, image_sizes, batch_size: int, models, repeat
     for size in image_sizes:
       c = sweep_config(config, model_name, size, batch_size)
       tokens = (size // config.tlb.patch_size) ** 2
-      run_train, _, _ = _pmapped_steps(c, num_classes)
+      run_train, _, _ = pmapped_steps(c, num_classes)
       timing = measure(batch_size, {'train': run_train}, repeats, warmup)['train']
       row = {'model': model_name, 'image_size': size, 'tokens': tokens, **timing,
              'us_per_token': timing['ms_per_step'] * 1e3 / (batch_size * tokens)}

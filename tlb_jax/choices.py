@@ -8,6 +8,8 @@ loads JAX and TensorFlow, which take seconds, so that a bad one is answered at o
 DATASETS = ('cifar10', 'cifar100')
 TEST_TIME_AUGMENTATIONS = ('none', 'flip', 'crops_flip')
 TOKENIZERS = ('linear', 'conv', 'stem')
+# What the TLB's backward pass recomputes (`tlb.REMAT_POLICIES`).
+REMATS = ('none', 'dots', 'dots_activations', 'full')
 # Tokenizers that halve the resolution log2(patch_size) times.
 POWER_OF_TWO_TOKENIZERS = ('conv', 'stem')
 # Where Adam's epsilon goes: 'optax' adds it to sqrt(v_hat), 'keras' to sqrt(v) before the bias

@@ -14,7 +14,7 @@ from typing import Any
 
 import ml_collections
 
-from tlb_jax.choices import (ADAM_EPS_PLACEMENTS, DATASETS, POWER_OF_TWO_TOKENIZERS,
+from tlb_jax.choices import (ADAM_EPS_PLACEMENTS, DATASETS, POWER_OF_TWO_TOKENIZERS, REMATS,
                              TEST_TIME_AUGMENTATIONS, TOKENIZERS)
 
 DTYPES = ('auto', 'float32', 'bfloat16', 'float16')
@@ -22,7 +22,7 @@ LR_SCHEDULES = ('constant', 'warmup_cosine')
 WEIGHT_DECAY_ON = ('all', 'kernels')
 MODEL_CHOICES = {
     'tlb': {'head': ('slow_mean', 'fast_last_mean'), 'slow_stream_init': ('learned', 'zeros'),
-            'remat': ('none', 'dots', 'full'), 'tokenizer': TOKENIZERS,
+            'remat': REMATS, 'tokenizer': TOKENIZERS,
             'variant': ('paper', 'keras_seed')},
     'perceiver': {'tokenizer': TOKENIZERS},
     'vit': {'tokenizer': TOKENIZERS},

@@ -15,8 +15,13 @@ from tlb_jax.choices import POWER_OF_TWO_TOKENIZERS, TOKENIZERS
 
 Dtype = Any
 
-# Name of `Dropout`'s keep-masks, by which a remat policy can store them.
+# Names by which a remat policy can store a value instead of recomputing it in the backward
+# pass: `Dropout`'s keep-masks, and the outputs of the LayerNorms, the MLPs' GELU and the
+# attention softmax.
 DROPOUT_MASK = 'dropout_mask'
+NORM_OUTPUT = 'norm_output'
+GELU_OUTPUT = 'gelu_output'
+ATTENTION_WEIGHTS = 'attention_weights'
 
 # Seed (Keras) LayerNormalization epsilon; kept so the seed-faithful config matches it.
 LAYER_NORM_EPSILON = 1e-5
@@ -120,7 +125,8 @@ class MultiHeadAttention(nn.Module):
       key, value = kv[:, :, 0], kv[:, :, 1]
     query = query * jnp.asarray(head_dim**-0.5, self.dtype)
     logits = jnp.einsum('bqhd,bkhd->bhqk', query, key)
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    weights = checkpoint_name(jax.nn.softmax(logits.astype(jnp.float32), axis=-1),
+                              ATTENTION_WEIGHTS)
     dropped = Dropout(self.attention_dropout_rate)(weights, deterministic=deterministic)
     out = jnp.einsum('bhqk,bkhd->bqhd', dropped.astype(self.dtype), value)
     out = nn.DenseGeneral(features, axis=(-2, -1), dtype=self.dtype,
@@ -150,7 +156,7 @@ class MlpBlock(nn.Module):
     dense = lambda size, name: nn.Dense(size, dtype=self.dtype,
                                         kernel_init=kernel_init(self.keras_init), name=name)
     y = dense(self.mlp_ratio * features, 'hidden')(x)
-    y = nn.gelu(y, approximate=self.approximate_gelu)
+    y = checkpoint_name(nn.gelu(y, approximate=self.approximate_gelu), GELU_OUTPUT)
     y = dense(features, 'output')(y)
     return Dropout(self.dropout_rate)(y, deterministic=deterministic)
 
@@ -197,7 +203,10 @@ class AttentionBlock(nn.Module):
     if stream not in ('fast', 'slow'):
       raise ValueError(f"stream must be 'fast' or 'slow', got {stream!r}")
     prefix = '' if stream == 'fast' else 'slow_'
-    norm = lambda name: nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype, name=name)
+    def norm(name):
+      layer = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype, name=name)
+      return lambda x: checkpoint_name(layer(x), NORM_OUTPUT)
+
     attention = MultiHeadAttention(
         num_heads=self.num_heads,
         head_dim=self.head_dim,

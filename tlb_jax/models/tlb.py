@@ -32,8 +32,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tlb_jax.models.layers import (DROPOUT_MASK, AttentionBlock, Dtype, PatchEmbed,
-                                   classification_head)
+from tlb_jax.choices import REMATS
+from tlb_jax.models.layers import (ATTENTION_WEIGHTS, DROPOUT_MASK, GELU_OUTPUT, NORM_OUTPUT,
+                                   AttentionBlock, Dtype, PatchEmbed, classification_head)
 
 HEADS = ('slow_mean', 'fast_last_mean')
 VARIANTS = ('paper', 'keras_seed')
@@ -46,8 +47,13 @@ REMAT_POLICIES = {
     'dots': jax.checkpoint_policies.save_from_both_policies(
         jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
         jax.checkpoint_policies.save_only_these_names(DROPOUT_MASK)),
+    # 'dots' plus the LayerNorm, GELU and softmax outputs: the backward recomputes only the
+    # cheapest elementwise work.
+    'dots_activations': jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+        jax.checkpoint_policies.save_only_these_names(DROPOUT_MASK, NORM_OUTPUT, GELU_OUTPUT,
+                                                      ATTENTION_WEIGHTS)),
 }
-REMAT_CHOICES = ('none',) + tuple(REMAT_POLICIES)
 
 
 def seed_perceptual_blocks(num_layers: int, cross_attention_every: int) -> int:
@@ -183,8 +189,8 @@ class TLB(nn.Module):
     scan_unroll: chunks per iteration of the compiled scan loop.
     remat: what the backward pass recomputes instead of storing for every chunk: 'none'
       (store everything), 'dots' (store projection outputs and dropout masks, recompute the
-      rest) or 'full' (store only the carried streams). The hoisted blocks (below) follow the
-      same policy.
+      rest), 'dots_activations' ('dots' and the LayerNorm, GELU and softmax outputs) or 'full'
+      (store only the carried streams). The hoisted blocks (below) follow the same policy.
 
   Hoisting: in the 'paper' variant the first `num_prefix_layers` fast-stream blocks (those
   before the first cross-attention; 2 of 4 with r = 2) do not read the slow stream. They run
@@ -240,8 +246,8 @@ class TLB(nn.Module):
     if num_tokens % self.chunk_size:
       raise ValueError(f'{num_tokens} patches are not divisible by chunk_size {self.chunk_size}')
     num_chunks = num_tokens // self.chunk_size
-    if self.remat not in REMAT_CHOICES:
-      raise ValueError(f'remat must be one of {REMAT_CHOICES}, got {self.remat!r}')
+    if self.remat not in REMATS:
+      raise ValueError(f'remat must be one of {REMATS}, got {self.remat!r}')
 
     if self.slow_stream_init == 'learned':
       initial = self.param('initial_slow_stream', nn.initializers.normal(0.02),

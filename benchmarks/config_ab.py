@@ -1,0 +1,88 @@
+"""A/B of two settings of a config: the train step's images/s of each, in interleaved pairs.
+
+  python -m benchmarks.config_ab --b=tlb.remat=dots_activations            # configs/cifar10.py
+  python -m benchmarks.config_ab --config=cifar10_seed --a=tlb.variant=paper \
+      --b=tlb.variant=paper --b=tlb.remat=full --batch_size=256
+
+A and B are the config (a module of configs/) with their `--a` / `--b` overrides (`field=value`,
+dotted fields, values read as Python literals or else as strings). Each is the pmapped
+`tlb_jax.train.train_step` (augmentation included) that `tlb_jax.benchmark` times, compiled once
+in this process, on one fixed random batch. Each pair times A and B back to back (in
+alternating order), the median of `--repeats` calls each, so that the drift of a shared
+machine's speed falls on both; compare the ratios, not figures of other runs.
+"""
+
+import argparse
+import ast
+import importlib
+
+import numpy as np
+
+from tlb_jax import allocator, benchmark, config_validation
+
+NUM_CLASSES = 10
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(prog='python -m benchmarks.config_ab', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--config', default='cifar10', help='a module of configs/')
+  parser.add_argument('--a', action='append', default=[], metavar='FIELD=VALUE',
+                      help="A's overrides (repeat the flag for several)")
+  parser.add_argument('--b', action='append', default=[], metavar='FIELD=VALUE',
+                      help="B's overrides (repeat the flag for several)")
+  parser.add_argument('--batch_size', type=int, default=128)
+  parser.add_argument('--pairs', type=int, default=3)
+  parser.add_argument('--repeats', type=int, default=10, help='timed calls per measurement')
+  parser.add_argument('--warmup', type=int, default=2, help='untimed calls before the first')
+  return parser.parse_args(argv)
+
+
+def with_overrides(config, overrides: list[str]):
+  """`config` with each 'field=value' of `overrides` set (dotted fields: 'tlb.remat=full')."""
+  config = config.copy_and_resolve_references()
+  for override in overrides:
+    field, sep, text = override.partition('=')
+    if not sep:
+      raise SystemExit(f'error: {override!r} is not FIELD=VALUE')
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    *sections, name = field.split('.')
+    section = config
+    for key in sections:
+      section = section[key]
+    section[name] = value
+  return config
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  base = importlib.import_module(f'configs.{args.config}').get_config()
+  base.batch_size = args.batch_size
+  settings = {'A': args.a, 'B': args.b}
+  runners = {}
+  for name, overrides in settings.items():
+    config = with_overrides(base, overrides)
+    config_validation.validate(config)
+    runners[name], _, _ = benchmark.pmapped_steps(config, NUM_CLASSES)
+    runners[name]()  # compile both before timing either
+  print(f'configs/{args.config}.py, batch {args.batch_size}, '
+        f'{allocator.preloaded_allocator()} malloc; train images/s; '
+        f"A: {' '.join(args.a) or 'as it is'}; B: {' '.join(args.b) or 'as it is'}")
+  ratios = []
+  for pair in range(args.pairs):
+    order = list(runners) if pair % 2 == 0 else list(reversed(runners))
+    rate = {name: args.batch_size / benchmark.median_seconds(runners[name], args.repeats,
+                                                             args.warmup)
+            for name in order}
+    ratios.append(rate['B'] / rate['A'])
+    print(f"pair {pair}: A {rate['A']:.1f}, B {rate['B']:.1f}, ratio B/A {ratios[-1]:.3f}",
+          flush=True)
+  print(f'median ratio B/A: {np.median(ratios):.3f}')
+
+
+if __name__ == '__main__':
+  allocator.use_tcmalloc()
+  main()
