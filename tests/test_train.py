@@ -559,7 +559,8 @@ def test_cross_entropy_with_label_smoothing():
   targets = np.full((5, 10), 0.1 / 10)
   targets[np.arange(5), labels] += 0.9
   expected = -(targets * log_probs).sum(-1)
-  np.testing.assert_allclose(evaluation.cross_entropy_loss(logits, labels, 0.1), expected, rtol=1e-5)
+  np.testing.assert_allclose(evaluation.cross_entropy_loss(logits, labels, 0.1), expected,
+                             rtol=1e-5)
   assert not np.allclose(expected, -log_probs[np.arange(5), labels])
 
 

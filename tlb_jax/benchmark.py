@@ -1,7 +1,7 @@
 """Throughput of the real train and eval steps, against this machine's measured matmul peak.
 
   python -m tlb_jax.benchmark --config=configs/cifar10_seed.py --config.batch_size=256
-  python -m tlb_jax.benchmark --config=configs/cifar10_seed.py --sweep   # tokens sweep: tlb, vit, perceiver
+  python -m tlb_jax.benchmark --config=configs/cifar10_seed.py --sweep   # tokens sweep, 3 models
   python -m tlb_jax.benchmark --config=configs/cifar10_seed.py --profile_dir=/tmp/trace  # + where
       # the train step's time goes (tlb_jax.profiling)
   python -m tlb_jax.benchmark --config=configs/cifar10.py --noflops  # timings only: two

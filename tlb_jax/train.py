@@ -104,7 +104,8 @@ def train_step(state: TrainState, batch, *, learning_rate_fn, resize_size: int,
     skipped = state.replace(step=new_state.step)
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, skipped)
   step_metrics = TrainMetrics.gather_from_model_output(
-      loss=losses, logits=logits, labels=labels, top5_correct=evaluation.top5_correct(logits, labels),
+      loss=losses, logits=logits, labels=labels,
+      top5_correct=evaluation.top5_correct(logits, labels),
       learning_rate=learning_rate_fn(state.step), nonfinite=1.0 - finite.astype(jnp.float32))
   return new_state, step_metrics
 

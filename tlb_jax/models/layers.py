@@ -247,8 +247,8 @@ class Conv3x3(nn.Module):
   """3x3 convolution with zero padding, computed as one matmul over gathered neighbourhoods.
 
   XLA:CPU runs the weight gradient of these small convolutions several times slower than the
-  equivalent matmul (docs/performance.md). Parameters are laid out as `nn.Conv`'s ('kernel' (3, 3, C, F), 'bias' (F,)), so runs saved
-  with `nn.Conv` restore into it.
+  equivalent matmul (docs/performance.md). Parameters are laid out as `nn.Conv`'s ('kernel'
+  (3, 3, C, F), 'bias' (F,)), so runs saved with `nn.Conv` restore into it.
 
   Attributes:
     features: F.
