@@ -16,11 +16,12 @@ import argparse
 import ast
 import importlib
 
+import jax
 import numpy as np
 
 from tlb_jax import allocator, benchmark, config_validation
 
-NUM_CLASSES = 10
+NUM_CLASSES = {'cifar10': 10, 'cifar100': 100}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -39,12 +40,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def with_overrides(config, overrides: list[str]):
-  """`config` with each 'field=value' of `overrides` set (dotted fields: 'tlb.remat=full')."""
+  """`config` with each 'field=value' of `overrides` set (dotted fields: 'tlb.remat=full').
+
+  Raises:
+    SystemExit: an override is not FIELD=VALUE, or names a field the config lacks.
+  """
+  known = config_validation.dotted_fields(config)
   config = config.copy_and_resolve_references()
   for override in overrides:
     field, sep, text = override.partition('=')
     if not sep:
       raise SystemExit(f'error: {override!r} is not FIELD=VALUE')
+    if field not in known:
+      raise SystemExit(f'error: {field!r} is not a field of the config')
     try:
       value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -62,11 +70,12 @@ def main(argv=None):
   base = importlib.import_module(f'configs.{args.config}').get_config()
   base.batch_size = args.batch_size
   settings = {'A': args.a, 'B': args.b}
-  runners = {}
+  runners, batch_sizes = {}, {}
   for name, overrides in settings.items():
     config = with_overrides(base, overrides)
-    config_validation.validate(config)
-    runners[name], _, _ = benchmark.pmapped_steps(config, NUM_CLASSES)
+    config_validation.validate(config, jax.local_device_count())
+    runners[name], _, _ = benchmark.pmapped_steps(config, NUM_CLASSES[config.dataset])
+    batch_sizes[name] = config.batch_size
     runners[name]()  # compile both before timing either
   print(f'configs/{args.config}.py, batch {args.batch_size}, '
         f'{allocator.preloaded_allocator()} malloc; train images/s; '
@@ -74,8 +83,8 @@ def main(argv=None):
   ratios = []
   for pair in range(args.pairs):
     order = list(runners) if pair % 2 == 0 else list(reversed(runners))
-    rate = {name: args.batch_size / benchmark.median_seconds(runners[name], args.repeats,
-                                                             args.warmup)
+    rate = {name: batch_sizes[name] / benchmark.median_seconds(runners[name], args.repeats,
+                                                               args.warmup)
             for name in order}
     ratios.append(rate['B'] / rate['A'])
     print(f"pair {pair}: A {rate['A']:.1f}, B {rate['B']:.1f}, ratio B/A {ratios[-1]:.3f}",

@@ -24,11 +24,18 @@ for _flag in ('--xla_backend_optimization_level=0', '--xla_llvm_disable_expensiv
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # A persistent XLA compilation cache for this session, inherited by main.py subprocesses:
-# programs compiled twice (a resumed run, a re-run of a finished one) compile once.
+# programs compiled twice (a resumed run, a re-run of a finished one) compile once. Each
+# pytest-xdist worker keeps its own below it, since JAX writes an entry without a lock while
+# another process may read it.
+_SESSION_CACHE = 'TLB_JAX_TESTS_XLA_CACHE'
 if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   _CACHE_DIR = tempfile.mkdtemp(prefix='tlb_jax_tests_xla_cache_')
-  os.environ['JAX_COMPILATION_CACHE_DIR'] = _CACHE_DIR
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = os.environ[_SESSION_CACHE] = _CACHE_DIR
   atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
+if ('PYTEST_XDIST_WORKER' in os.environ
+    and os.environ['JAX_COMPILATION_CACHE_DIR'] == os.environ.get(_SESSION_CACHE)):
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = os.path.join(os.environ[_SESSION_CACHE],
+                                                         os.environ['PYTEST_XDIST_WORKER'])
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:

@@ -227,3 +227,9 @@ def test_config_ab_overrides_dotted_fields_with_literals_or_strings_and_leaves_t
       'dots_activations', 64, 2e-3)
   assert (base.tlb.remat, base.batch_size) == (smoke.get_config().tlb.remat,
                                                smoke.get_config().batch_size)
+
+
+@pytest.mark.parametrize('override', ['tlb.remmat=full', 'batch_size'])
+def test_config_ab_rejects_an_unknown_field_or_a_missing_value(override):
+  with pytest.raises(SystemExit, match='error: '):
+    config_ab.with_overrides(smoke.get_config(), [override])

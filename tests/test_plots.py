@@ -225,3 +225,11 @@ def test_seed_curves_draw_the_runs_validation_per_epoch_against_both_keras_logs(
   path = str(tmp_path / 'seed_curves.png')
   plots.save_png(plots.plot_runs(curves, xlabel='epoch'), path)
   assert_png(path, plots.CURVES_SIZE)
+
+
+def test_seed_curves_of_a_run_without_validation_exit_2_with_one_error_line(tmp_path, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    keras_logs.main(['--workdir', str(tmp_path), '--output', str(tmp_path / 'x.png')])
+  assert exit_info.value.code == 2
+  assert capsys.readouterr().err.strip().startswith(f'error: {tmp_path} has no validation')
+  assert not (tmp_path / 'x.png').exists()

@@ -7,11 +7,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.ad_checkpoint import print_saved_residuals
 
 from configs import smoke
 from tlb_jax.choices import REMATS
-from tlb_jax.models import create_model
-from tlb_jax.models.layers import LAYER_NORM_EPSILON, Conv3x3, Dropout, PatchEmbed
+from tlb_jax.models import create_model, layers
+from tlb_jax.models.layers import (LAYER_NORM_EPSILON, AttentionBlock, Conv3x3, Dropout,
+                                   PatchEmbed)
 from tlb_jax.models.tlb import REMAT_POLICIES, TLB, TLBCell
 
 NUM_CLASSES = 10
@@ -250,6 +252,33 @@ def test_dots_remat_stores_dropout_masks_instead_of_redrawing_them(base):
     loss = functools.partial(_dropout_loss, model.clone(remat=remat))
     return str(jax.make_jaxpr(jax.grad(loss))(params, images)).count('random_bits')
   assert 0 < random_draws('dots') < random_draws('full')
+
+
+@pytest.mark.parametrize('ours, jax_nn', [
+    (layers.softmax, jax.nn.softmax),
+    (layers.gelu_tanh, functools.partial(jax.nn.gelu, approximate=True))],
+    ids=['softmax', 'gelu_tanh'])
+def test_named_activation_gives_the_values_and_gradients_of_jax_nn(ours, jax_nn):
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 7)) * 4
+  probe = jax.random.normal(jax.random.PRNGKey(1), x.shape)
+  np.testing.assert_array_equal(ours(x), jax_nn(x))
+  gradient = lambda f: jax.grad(lambda x: (f(x) * probe).sum())(x)
+  np.testing.assert_allclose(gradient(ours), gradient(jax_nn), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('remat, stored', [
+    ('dots', set()), ('dots_activations', {"named 'softmax_exp'", "named 'gelu_tanh'"})])
+def test_remat_policy_stores_the_named_activations_it_lists(remat, stored, capsys):
+  """remat='dots_activations' stores the softmax exponentials and GELU tanh, which the backward
+  reads, where 'dots' recomputes them."""
+  block = AttentionBlock(num_heads=2, mlp_ratio=2)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 8))
+  params = block.init(jax.random.PRNGKey(1), x, deterministic=True)
+  loss = lambda params, x: block.apply(params, x, deterministic=True)[0].sum()
+  print_saved_residuals(jax.checkpoint(loss, policy=REMAT_POLICIES[remat]), params, x)
+  residuals = capsys.readouterr().out
+  assert {name for name in ("named 'softmax_exp'", "named 'gelu_tanh'") if name in residuals
+          } == stored
 
 
 def _patch_tokens(tokenizer, images):

@@ -1,4 +1,5 @@
-"""One tiny trained workdir per test session, shared by test_plots.py and test_predict.py.
+"""One tiny trained workdir per test process (each pytest-xdist worker trains its own), shared
+by the tests of plots, predict and compare.
 
 A TLB of the smoke config trains for 2 epochs of 4 steps on mocked CIFAR-10 (`tfds_mock`), so
 the tests need no data; predict, plots and eval then read the workdir like any real run.

@@ -301,7 +301,8 @@ def sweep_config(config, model_name: str, image_size: int,
                  batch_size: int) -> ml_collections.ConfigDict:
   """`config` at `image_size` and `batch_size`, running `model_name` at the width and depth of
   its TLB: a ViT of as many layers; a Perceiver with the TLB's latents as its latent array and
-  its layers as the latent tower (its other fields from the config's `perceiver` section)."""
+  its layers as the latent tower, run `perceiver.num_iterations` times as the config says (2 by
+  default, with shared weights)."""
   base = config.tlb
   c = copy.deepcopy(config)
   c.unlock()

@@ -42,7 +42,8 @@ FIELDS = (
     'eval_resize_size', 'test_time_augmentation', 'seed', 'batch_size', 'eval_batch_size',
     'microbatch_size', 'num_epochs', 'num_train_steps', 'learning_rate', 'lr_schedule',
     'warmup_epochs', 'min_learning_rate', 'weight_decay', 'weight_decay_on', 'adam_b1',
-    'adam_b2', 'adam_eps', 'adam_eps_placement', 'grad_clip_norm', 'label_smoothing', 'skip_nonfinite_steps',
+    'adam_b2', 'adam_eps', 'adam_eps_placement', 'grad_clip_norm', 'label_smoothing',
+    'skip_nonfinite_steps',
     'log_every_steps', 'eval_every_epochs', 'checkpoint_every_steps', 'keep_checkpoints',
     'num_attention_images')
 

@@ -9,10 +9,10 @@ each; two versions of the page show a log: the current one (Keras 3) and the fir
 (TensorFlow 2.12, mixed precision). `configs/cifar10_seed.py` is that model and recipe.
 """
 
+import argparse
 import sys
 
 import numpy as np
-from absl import app, flags
 
 from tlb_jax import plots
 
@@ -28,10 +28,16 @@ KERAS_LOGS = {
         0.4390, 0.4455, 0.4424, 0.4532, 0.4584, 0.4592, 0.4619, 0.4704, 0.4751, 0.4726),
 }
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'The run to draw (its TensorBoard events).')
-flags.DEFINE_string('output', None, 'The PNG to write.')
-flags.DEFINE_string('name', 'tlb-jax, configs/cifar10_seed.py', "The run's line in the legend.")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(prog='python -m tlb_jax.keras_logs', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--workdir', required=True, help='the run to draw (its TensorBoard events)')
+  parser.add_argument('--output', required=True, help='the PNG to write')
+  parser.add_argument('--name', default='tlb-jax, configs/cifar10_seed.py',
+                      help="the run's line in the legend")
+  return parser.parse_args(argv)
 
 
 def curves_against_keras(workdir: str, name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -43,20 +49,17 @@ def curves_against_keras(workdir: str, name: str) -> dict[str, tuple[np.ndarray,
   return curves
 
 
-def main(argv):
-  del argv
-  if not FLAGS.workdir or not FLAGS.output:
-    print('error: pass --workdir=RUN and --output=FILE.png', file=sys.stderr)
-    sys.exit(2)
-  curves = curves_against_keras(FLAGS.workdir, FLAGS.name)
-  if not len(curves[FLAGS.name][0]):
-    print(f'error: {FLAGS.workdir} has no validation figures to draw; pass the workdir of a '
+def main(argv=None):
+  args = parse_args(argv)
+  curves = curves_against_keras(args.workdir, args.name)
+  if not len(curves[args.name][0]):
+    print(f'error: {args.workdir} has no validation figures to draw; pass the workdir of a '
           'run with a validation split', file=sys.stderr)
     sys.exit(2)
   plots.save_png(plots.plot_runs(curves, title='CIFAR-10, the seed model and recipe',
-                                 xlabel='epoch'), FLAGS.output)
-  print(f'wrote {FLAGS.output}')
+                                 xlabel='epoch'), args.output)
+  print(f'wrote {args.output}')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  main()

@@ -280,7 +280,7 @@ def attention_titles(true_names: Sequence[str] | None, pred_names: Sequence[str]
 
 
 def plot_runs(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str = '',
-              xlabel: str = 'training minutes (validation passes left out)') -> np.ndarray:
+              xlabel: str = 'training minutes') -> np.ndarray:
   """Validation top-1 against training time, one line per run ({name: (x, top-1)}), x in
   minutes or as `xlabel` says -> RGB image CURVES_SIZE."""
   figure = _figure(CURVES_SIZE)

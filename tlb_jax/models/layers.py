@@ -9,6 +9,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
 from tlb_jax.choices import POWER_OF_TWO_TOKENIZERS, TOKENIZERS
@@ -16,12 +17,10 @@ from tlb_jax.choices import POWER_OF_TWO_TOKENIZERS, TOKENIZERS
 Dtype = Any
 
 # Names by which a remat policy can store a value instead of recomputing it in the backward
-# pass: `Dropout`'s keep-masks, and the outputs of the LayerNorms, the MLPs' GELU and the
-# attention softmax.
+# pass: `Dropout`'s keep-masks, and what the backward of `softmax` and `gelu_tanh` reads.
 DROPOUT_MASK = 'dropout_mask'
-NORM_OUTPUT = 'norm_output'
-GELU_OUTPUT = 'gelu_output'
-ATTENTION_WEIGHTS = 'attention_weights'
+SOFTMAX_EXP = 'softmax_exp'
+GELU_TANH = 'gelu_tanh'
 
 # Seed (Keras) LayerNormalization epsilon; kept so the seed-faithful config matches it.
 LAYER_NORM_EPSILON = 1e-5
@@ -47,6 +46,22 @@ def resolve_dtype(name: str) -> jnp.dtype:
   if name == 'auto':
     return jnp.bfloat16 if jax.default_backend() in ('gpu', 'tpu') else jnp.float32
   return jnp.dtype(name).type
+
+
+def softmax(logits, axis: int = -1):
+  """`jax.nn.softmax`'s ops and values, differentiated as written (not by its custom JVP) so
+  that a remat policy can store the exponentials, which its backward reads, by name."""
+  shifted = logits - jax.lax.stop_gradient(logits.max(axis, keepdims=True))
+  unnormalized = checkpoint_name(jnp.exp(shifted), SOFTMAX_EXP)
+  return unnormalized / unnormalized.sum(axis, keepdims=True)
+
+
+def gelu_tanh(x):
+  """`jax.nn.gelu(x, approximate=True)`'s ops and values, with the tanh, which its backward
+  reads, named for remat policies."""
+  sqrt_2_over_pi = np.sqrt(2 / np.pi).astype(x.dtype)
+  tanh = checkpoint_name(jnp.tanh(sqrt_2_over_pi * (x + 0.044715 * (x ** 3))), GELU_TANH)
+  return x * (0.5 * (1.0 + tanh))
 
 
 class Dropout(nn.Module):
@@ -125,8 +140,7 @@ class MultiHeadAttention(nn.Module):
       key, value = kv[:, :, 0], kv[:, :, 1]
     query = query * jnp.asarray(head_dim**-0.5, self.dtype)
     logits = jnp.einsum('bqhd,bkhd->bhqk', query, key)
-    weights = checkpoint_name(jax.nn.softmax(logits.astype(jnp.float32), axis=-1),
-                              ATTENTION_WEIGHTS)
+    weights = softmax(logits.astype(jnp.float32), axis=-1)
     dropped = Dropout(self.attention_dropout_rate)(weights, deterministic=deterministic)
     out = jnp.einsum('bhqk,bkhd->bqhd', dropped.astype(self.dtype), value)
     out = nn.DenseGeneral(features, axis=(-2, -1), dtype=self.dtype,
@@ -156,7 +170,7 @@ class MlpBlock(nn.Module):
     dense = lambda size, name: nn.Dense(size, dtype=self.dtype,
                                         kernel_init=kernel_init(self.keras_init), name=name)
     y = dense(self.mlp_ratio * features, 'hidden')(x)
-    y = checkpoint_name(nn.gelu(y, approximate=self.approximate_gelu), GELU_OUTPUT)
+    y = gelu_tanh(y) if self.approximate_gelu else nn.gelu(y, approximate=False)
     y = dense(features, 'output')(y)
     return Dropout(self.dropout_rate)(y, deterministic=deterministic)
 
@@ -203,10 +217,7 @@ class AttentionBlock(nn.Module):
     if stream not in ('fast', 'slow'):
       raise ValueError(f"stream must be 'fast' or 'slow', got {stream!r}")
     prefix = '' if stream == 'fast' else 'slow_'
-    def norm(name):
-      layer = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype, name=name)
-      return lambda x: checkpoint_name(layer(x), NORM_OUTPUT)
-
+    norm = lambda name: nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype, name=name)
     attention = MultiHeadAttention(
         num_heads=self.num_heads,
         head_dim=self.head_dim,

@@ -33,8 +33,8 @@ import jax
 import jax.numpy as jnp
 
 from tlb_jax.choices import REMATS
-from tlb_jax.models.layers import (ATTENTION_WEIGHTS, DROPOUT_MASK, GELU_OUTPUT, NORM_OUTPUT,
-                                   AttentionBlock, Dtype, PatchEmbed, classification_head)
+from tlb_jax.models.layers import (DROPOUT_MASK, GELU_TANH, SOFTMAX_EXP, AttentionBlock, Dtype,
+                                   PatchEmbed, classification_head)
 
 HEADS = ('slow_mean', 'fast_last_mean')
 VARIANTS = ('paper', 'keras_seed')
@@ -47,12 +47,11 @@ REMAT_POLICIES = {
     'dots': jax.checkpoint_policies.save_from_both_policies(
         jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
         jax.checkpoint_policies.save_only_these_names(DROPOUT_MASK)),
-    # 'dots' plus the LayerNorm, GELU and softmax outputs: the backward recomputes only the
-    # cheapest elementwise work.
+    # 'dots' plus the softmax exponentials and GELU tanh that the backward reads: it recomputes
+    # no transcendental function.
     'dots_activations': jax.checkpoint_policies.save_from_both_policies(
         jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-        jax.checkpoint_policies.save_only_these_names(DROPOUT_MASK, NORM_OUTPUT, GELU_OUTPUT,
-                                                      ATTENTION_WEIGHTS)),
+        jax.checkpoint_policies.save_only_these_names(DROPOUT_MASK, SOFTMAX_EXP, GELU_TANH)),
 }
 
 
@@ -189,7 +188,7 @@ class TLB(nn.Module):
     scan_unroll: chunks per iteration of the compiled scan loop.
     remat: what the backward pass recomputes instead of storing for every chunk: 'none'
       (store everything), 'dots' (store projection outputs and dropout masks, recompute the
-      rest), 'dots_activations' ('dots' and the LayerNorm, GELU and softmax outputs) or 'full'
+      rest), 'dots_activations' ('dots' and the softmax exponentials and GELU tanh) or 'full'
       (store only the carried streams). The hoisted blocks (below) follow the same policy.
 
   Hoisting: in the 'paper' variant the first `num_prefix_layers` fast-stream blocks (those
