@@ -213,9 +213,9 @@ def test_sweep_times_the_train_step_of_every_model_at_every_size():
   config = smoke.get_config()
   config.tlb.update(num_layers=1, cross_attention_every=1)
   rows = benchmark.sweep(config, num_classes=10, image_sizes=[8, 16], batch_size=2,
-                         models=['perceiver', 'tlb'], repeats=1, warmup=1)
+                         models=['perceiver', 'vit'], repeats=1, warmup=1)
   assert [(r['model'], r['tokens']) for r in rows] == [
-      ('perceiver', 4), ('perceiver', 16), ('tlb', 4), ('tlb', 16)]
+      ('perceiver', 4), ('perceiver', 16), ('vit', 4), ('vit', 16)]
   assert all(r['images_per_s'] > 0 and r['us_per_token'] > 0 for r in rows)
 
 

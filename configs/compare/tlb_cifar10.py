@@ -1,0 +1,43 @@
+"""The TLB of `configs/cifar10.py` for one hour of a 2-core x86 CPU: the equal-time comparison
+with `vit_cifar10.py` and `perceiver_cifar10.py` on CIFAR-10.
+
+Every compare config trains on the first 40,000 training images, validates after each epoch on
+the other 10,000 and scores the test split once at the end, with `cifar10.py`'s recipe
+(augmentation, AdamW, warmup + cosine schedule, label smoothing, ten test-time views); only the
+model section and the number of epochs differ. Each model's epochs are its measured training
+loop speed times an hour, over 40,000 images.
+"""
+
+from configs import default
+
+# `python -m tlb_jax.benchmark --config=configs/compare/tlb_cifar10.py --noflops
+# --loop_steps=300` on a 2-core x86 CPU (AMD EPYC), idle, the three
+# models one after another: images/s of the training loop.
+LOOP_IMAGES_PER_S = 307
+
+
+def get_config():
+  config = default.get_config()
+  config.tlb.update(
+      tokenizer='stem', chunk_size=16, num_heads=4, dropout_rate=0.1, attention_dropout_rate=0.0,
+      slow_stream_init='learned', head='slow_mean')
+
+  config.train_split = 'train[:40000]'
+  config.eval_split = 'train[40000:]'
+  config.test_split = 'test'
+  config.image_size = 32
+  config.resize_size = 32
+  config.crop_padding = 4
+  config.test_time_augmentation = 'crops_flip'
+
+  config.batch_size = 128
+  config.eval_batch_size = 1000
+  config.num_epochs = round(3600 * LOOP_IMAGES_PER_S / 40_000)
+  config.learning_rate = 1e-3
+  config.lr_schedule = 'warmup_cosine'
+  config.warmup_epochs = 2.0
+  config.weight_decay = 0.05
+  config.weight_decay_on = 'kernels'
+  config.grad_clip_norm = 1.0
+  config.label_smoothing = 0.1
+  return config
