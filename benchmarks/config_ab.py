@@ -65,6 +65,22 @@ def with_overrides(config, overrides: list[str]):
   return config
 
 
+def time_pairs(runners: dict, batch_sizes: dict, pairs: int, repeats: int, warmup: int) -> None:
+  """Times two steps ({name: blocking callable}, the baseline first) in `pairs` interleaved
+  pairs, the order alternating, and prints each pair's images/s, their ratio (second over
+  first) and the median ratio. `batch_sizes`: {name: images per call}."""
+  first, second = runners
+  ratios = []
+  for pair in range(pairs):
+    order = (first, second) if pair % 2 == 0 else (second, first)
+    rate = {name: batch_sizes[name] / benchmark.median_seconds(runners[name], repeats, warmup)
+            for name in order}
+    ratios.append(rate[second] / rate[first])
+    print(f'pair {pair}: {first} {rate[first]:.1f}, {second} {rate[second]:.1f}, '
+          f'ratio {second}/{first} {ratios[-1]:.3f}', flush=True)
+  print(f'median ratio {second}/{first}: {np.median(ratios):.3f}')
+
+
 def main(argv=None):
   args = parse_args(argv)
   base = importlib.import_module(f'configs.{args.config}').get_config()
@@ -80,16 +96,7 @@ def main(argv=None):
   print(f'configs/{args.config}.py, batch {args.batch_size}, '
         f'{allocator.preloaded_allocator()} malloc; train images/s; '
         f"A: {' '.join(args.a) or 'as it is'}; B: {' '.join(args.b) or 'as it is'}")
-  ratios = []
-  for pair in range(args.pairs):
-    order = list(runners) if pair % 2 == 0 else list(reversed(runners))
-    rate = {name: batch_sizes[name] / benchmark.median_seconds(runners[name], args.repeats,
-                                                               args.warmup)
-            for name in order}
-    ratios.append(rate['B'] / rate['A'])
-    print(f"pair {pair}: A {rate['A']:.1f}, B {rate['B']:.1f}, ratio B/A {ratios[-1]:.3f}",
-          flush=True)
-  print(f'median ratio B/A: {np.median(ratios):.3f}')
+  time_pairs(runners, batch_sizes, args.pairs, args.repeats, args.warmup)
 
 
 if __name__ == '__main__':

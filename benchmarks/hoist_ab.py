@@ -18,8 +18,8 @@ import jax
 import numpy as np
 from flax import jax_utils
 
+from benchmarks.config_ab import time_pairs
 from tlb_jax import allocator, train, train_state
-from tlb_jax.benchmark import median_seconds
 from tlb_jax.models import create_model
 from tlb_jax.models.tlb import TLB, TLBWithoutHoisting
 
@@ -69,21 +69,14 @@ def main(argv=None):
   if args.variant:
     config.tlb.variant = args.variant
   config.batch_size = args.batch_size
-  runners = {'hoisted': train_step_runner(config, TLB),
-             'in_scan': train_step_runner(config, TLBWithoutHoisting)}
+  runners = {'in_scan': train_step_runner(config, TLBWithoutHoisting),
+             'hoisted': train_step_runner(config, TLB)}
   for run in runners.values():  # compile both before timing either
     run()
   print(f'{args.config} (variant {config.tlb.variant}), batch {args.batch_size}, '
         f'{allocator.preloaded_allocator()} malloc; train images/s')
-  ratios = []
-  for pair in range(args.pairs):
-    order = list(runners) if pair % 2 == 0 else list(reversed(runners))
-    rate = {name: args.batch_size / median_seconds(runners[name], args.repeats, args.warmup)
-            for name in order}
-    ratios.append(rate['hoisted'] / rate['in_scan'])
-    print(f"pair {pair}: hoisted {rate['hoisted']:.1f}, in scan {rate['in_scan']:.1f}, "
-          f'ratio {ratios[-1]:.3f}', flush=True)
-  print(f'median ratio hoisted / in scan: {np.median(ratios):.3f}')
+  time_pairs(runners, dict.fromkeys(runners, args.batch_size), args.pairs, args.repeats,
+             args.warmup)
 
 
 if __name__ == '__main__':
