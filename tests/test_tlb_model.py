@@ -170,6 +170,22 @@ def test_scan_unroll_does_not_change_logits(base):
   np.testing.assert_allclose(unrolled, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize('remat', ['none', 'dots'])
+def test_fully_unrolled_scan_has_the_gradients_of_the_loop(base, remat):
+  """All 4 chunks in one iteration (as configs/cifar10.py runs them) changes no gradient."""
+  model, params, images = base
+  labels = jnp.array([3, 8])
+
+  def gradients(unroll):
+    unrolled = model.clone(scan_unroll=unroll, remat=remat)
+    loss = lambda p: -jax.nn.log_softmax(unrolled.apply({'params': p}, images, train=False))[
+        jnp.arange(2), labels].mean()
+    return jax.jit(jax.grad(loss))(params)
+
+  for got, want in zip(jax.tree.leaves(gradients(NUM_CHUNKS)), jax.tree.leaves(gradients(1))):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_bfloat16_compute_keeps_float32_params_and_logits(base):
   """dtype=bfloat16 creates float32 parameters, computes in bfloat16, returns float32 logits
   close to the float32 model's."""
