@@ -102,8 +102,7 @@ def layer_norm(x, scale, bias, epsilon: float):
   return _layer_norm_forward(x, scale, bias, epsilon)[0]
 
 
-layer_norm.defvjp(lambda x, scale, bias, epsilon: _layer_norm_forward(x, scale, bias, epsilon),
-                  _layer_norm_backward)
+layer_norm.defvjp(_layer_norm_forward, _layer_norm_backward)
 
 
 class LayerNorm(nn.Module):
