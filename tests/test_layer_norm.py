@@ -4,20 +4,16 @@ carries over to it)."""
 
 from unittest import mock
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks.backward_ab import flax_layer_norm as _flax_layer_norm
 from configs import cifar10
 from tlb_jax.models import create_model, layers
 
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)
-
-
-def _flax_layer_norm(epsilon=layers.LAYER_NORM_EPSILON, dtype=jnp.float32, name=None):
-  return nn.LayerNorm(epsilon=epsilon, dtype=dtype, name=name)
 
 
 def _perturbed(params, seed):
