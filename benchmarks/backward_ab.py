@@ -1,22 +1,29 @@
 """A/B of hand-written backward passes: train-step images/s with an op differentiated by JAX
-(A) and with the project's version of it, whose backward is written by hand (B).
+(A) and with a version of it whose backward is written by hand (B); `OPS` says which of the two
+the model ships.
 
   python -m benchmarks.backward_ab --op=layer_norm                 # configs/cifar10.py
   python -m benchmarks.backward_ab --op=layer_norm --config=cifar10_seed --batch_size=256
+  python -m benchmarks.backward_ab --op=softmax
+  python -m benchmarks.backward_ab --op=gelu_tanh
 
 Both are `tlb_jax.train.train_step` (augmentation included) of the same config, pmapped and
-compiled as `tlb_jax.benchmark` runs it, on one fixed random batch; A is compiled with the
-model's op replaced by JAX's own. Each pair times the two back to back (in alternating order),
+compiled as `tlb_jax.benchmark` runs it, on one fixed random batch, each with the model's op
+replaced by its version. Each pair times the two back to back (in alternating order),
 the median of `--repeats` calls each, so that the drift of a shared machine's speed falls on
 both; compare the ratios, not figures of other runs.
 """
 
 import argparse
+import functools
 import importlib
 from unittest import mock
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 from benchmarks.config_ab import NUM_CLASSES, time_pairs
 from tlb_jax import allocator, benchmark, config_validation
@@ -28,8 +35,58 @@ def flax_layer_norm(epsilon=layers.LAYER_NORM_EPSILON, dtype=None, name=None):
   return nn.LayerNorm(epsilon=epsilon, dtype=dtype, name=name)
 
 
-# --op -> (attribute of tlb_jax.models.layers, what A replaces it with).
-OPS = {'layer_norm': ('LayerNorm', flax_layer_norm)}
+# Bound here: main patches `layers.softmax` with `hand_written_softmax`, which calls this.
+_autodiff_softmax = layers.softmax
+
+
+def _softmax_forward(logits, axis: int):
+  probabilities = _autodiff_softmax(logits, axis)
+  return probabilities, probabilities
+
+
+def _softmax_backward(axis: int, probabilities, d_probabilities):
+  """d logits = p * (dp - sum(dp * p)): one reduction from the saved probabilities."""
+  weighted = (d_probabilities * probabilities).sum(axis, keepdims=True)
+  return (probabilities * (d_probabilities - weighted),)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def hand_written_softmax(logits, axis: int = -1):
+  """`layers.softmax` with a hand-written backward."""
+  return _softmax_forward(logits, axis)[0]
+
+
+hand_written_softmax.defvjp(_softmax_forward, _softmax_backward)
+
+
+def _gelu_tanh_forward(x):
+  sqrt_2_over_pi = np.sqrt(2 / np.pi).astype(x.dtype)
+  tanh = checkpoint_name(jnp.tanh(sqrt_2_over_pi * (x + 0.044715 * (x ** 3))), layers.GELU_TANH)
+  return x * (0.5 * (1.0 + tanh)), (x, tanh)
+
+
+def _gelu_tanh_backward(residuals, dy):
+  """d x = dy (0.5 (1 + t) + 0.5 x (1 - t^2) d inner / dx), t the forward's tanh."""
+  x, tanh = residuals
+  d_inner = np.sqrt(2 / np.pi).astype(x.dtype) * (1.0 + 3 * 0.044715 * (x * x))
+  return (dy * (0.5 * (1.0 + tanh) + 0.5 * x * (1.0 - tanh * tanh) * d_inner),)
+
+
+@jax.custom_vjp
+def hand_written_gelu_tanh(x):
+  """`layers.gelu_tanh` with a hand-written backward from the saved input and tanh."""
+  return _gelu_tanh_forward(x)[0]
+
+
+hand_written_gelu_tanh.defvjp(_gelu_tanh_forward, _gelu_tanh_backward)
+
+
+# --op -> (attribute of tlb_jax.models.layers, its version differentiated by JAX, its version
+# with a hand-written backward). The model ships the faster one it was measured to be:
+# LayerNorm's hand-written backward, and softmax and GELU as JAX differentiates them.
+OPS = {'layer_norm': ('LayerNorm', flax_layer_norm, layers.LayerNorm),
+       'softmax': ('softmax', layers.softmax, hand_written_softmax),
+       'gelu_tanh': ('gelu_tanh', layers.gelu_tanh, hand_written_gelu_tanh)}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -49,11 +106,12 @@ def main(argv=None):
   config = importlib.import_module(f'configs.{args.config}').get_config()
   config.batch_size = args.batch_size
   config_validation.validate(config, jax.local_device_count())
-  attribute, jax_version = OPS[args.op]
+  attribute, autodiff_version, hand_written_version = OPS[args.op]
   num_classes = NUM_CLASSES[config.dataset]
-  with mock.patch.object(layers, attribute, jax_version):
+  with mock.patch.object(layers, attribute, autodiff_version):
     autodiff, _, _ = benchmark.pmapped_steps(config, num_classes)  # compiles here
-  hand_written, _, _ = benchmark.pmapped_steps(config, num_classes)
+  with mock.patch.object(layers, attribute, hand_written_version):
+    hand_written, _, _ = benchmark.pmapped_steps(config, num_classes)
   runners = {'autodiff': autodiff, 'hand_written': hand_written}  # both compiled: time them
   print(f'configs/{args.config}.py, batch {args.batch_size}, '
         f'{allocator.preloaded_allocator()} malloc; train images/s; op {args.op}')

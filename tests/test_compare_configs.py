@@ -10,7 +10,7 @@ from tlb_jax import config_validation
 from tlb_jax.models import create_model
 
 COMPARED_MODELS = ('tlb', 'vit', 'perceiver')
-COMPARED_DATASETS = ('cifar10',)
+COMPARED_DATASETS = ('cifar10', 'cifar100')
 CONFIGS = [(model, dataset) for dataset in COMPARED_DATASETS for model in COMPARED_MODELS]
 NUM_CLASSES = {'cifar10': 10, 'cifar100': 100}
 

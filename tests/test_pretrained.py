@@ -10,7 +10,7 @@ import pytest
 from tlb_jax import export, restore
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHIPPED = ('cifar10',)
+SHIPPED = ('cifar10', 'cifar100')
 
 
 @pytest.mark.parametrize('name', SHIPPED)

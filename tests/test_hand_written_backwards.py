@@ -1,6 +1,7 @@
-"""`layers.LayerNorm`, whose backward is written by hand, computes flax's `nn.LayerNorm`: the
-same parameters, outputs and gradients, alone and inside the TLB (so the recipes' accuracy
-carries over to it)."""
+"""Ops with a hand-written backward compute what JAX's differentiation of them computes: the
+same parameters, outputs and gradients, alone and inside the TLB, so that the recipes' accuracy
+carries over to the shipped one (`layers.LayerNorm`) and `benchmarks/backward_ab.py` times two
+versions of one function (LayerNorm, softmax, GELU)."""
 
 from unittest import mock
 
@@ -9,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks.backward_ab import OPS
 from benchmarks.backward_ab import flax_layer_norm as _flax_layer_norm
 from configs import cifar10
 from tlb_jax.models import create_model, layers
@@ -48,7 +50,8 @@ def test_layer_norm_of_a_constant_row_is_its_bias():
   assert np.isfinite(jax.grad(lambda x: layers.LayerNorm().apply(params, x).sum())(x)).all()
 
 
-def test_tlb_with_hand_written_layer_norm_has_flax_logits_and_gradients():
+@pytest.mark.parametrize('op', sorted(OPS))
+def test_tlb_with_hand_written_backward_has_the_autodiff_logits_and_gradients(op):
   config = cifar10.get_config()
   config.tlb.update(embed_dim=16, num_heads=2, chunk_size=4, num_latents=3, mlp_ratio=2)
   config.tlb.dropout_rate = 0.0
@@ -61,9 +64,12 @@ def test_tlb_with_hand_written_layer_norm_has_flax_logits_and_gradients():
     logits = model.apply({'params': params}, images, train=False)
     return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1).mean()
 
-  ours = jax.value_and_grad(loss)(params)
-  with mock.patch.object(layers, 'LayerNorm', _flax_layer_norm):
-    flax_version = jax.value_and_grad(loss)(params)
-  np.testing.assert_allclose(ours[0], flax_version[0], rtol=1e-6)
-  for got, want in zip(jax.tree.leaves(ours[1]), jax.tree.leaves(flax_version[1])):
+  attribute, autodiff_version, hand_written_version = OPS[op]
+  with mock.patch.object(layers, attribute, hand_written_version):
+    hand_written = jax.value_and_grad(loss)(params)
+  with mock.patch.object(layers, attribute, autodiff_version):
+    autodiff = jax.value_and_grad(loss)(params)
+  np.testing.assert_allclose(hand_written[0], autodiff[0], rtol=1e-6)
+  for got, want in zip(jax.tree.leaves(hand_written[1]), jax.tree.leaves(autodiff[1])):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
