@@ -26,7 +26,7 @@ import sys
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
 # pylint: disable=wrong-import-position
-from tlb_jax import allocator
+from tlb_jax import allocator, host_devices
 
 if __name__ == '__main__':
   allocator.use_tcmalloc()  # first: it starts the process again, which repeats what ran before
@@ -158,6 +158,12 @@ def main(argv):
     _check_command_line(FLAGS.mode)
   except config_validation.ConfigError as e:
     _usage_error(str(e))
+  if FLAGS.mode == 'train' and not (FLAGS.distributed or FLAGS.coordinator_address):
+    try:
+      host_devices.use_one_device_per_core(FLAGS.config.batch_size, FLAGS.config.eval_batch_size,
+                                           FLAGS.config.microbatch_size)
+    except host_devices.DeviceCountError as e:
+      _usage_error(str(e))
   import jax  # pylint: disable=g-import-not-at-top  (see the note at the top)
   if FLAGS.mode in TENSORFLOW_MODES:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top

@@ -27,8 +27,8 @@ from absl import app, flags
 from flax import jax_utils
 from ml_collections import config_flags
 
-from tlb_jax import (allocator, config_validation, evaluation, input_pipeline, profiling, train,
-                     train_state)
+from tlb_jax import (allocator, config_validation, evaluation, host_devices, input_pipeline,
+                     profiling, train, train_state)
 from tlb_jax.models import MODELS, create_model, layers
 
 FLAGS = flags.FLAGS
@@ -358,6 +358,13 @@ def format_table(result: dict) -> str:
 def main(argv):
   del argv
   config = FLAGS.config
+  # The train and eval steps are timed at one batch size.
+  batch_size = FLAGS.sweep_batch_size if FLAGS.sweep else config.batch_size
+  try:  # before JAX's backend starts, as in main.py
+    host_devices.use_one_device_per_core(batch_size, batch_size, config.microbatch_size)
+  except host_devices.DeviceCountError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
   if FLAGS.profile_dir:
     # Per-op spans on CPU; must be set before the backend starts. Spans are recorded only
     # while the trace runs, after the timing.

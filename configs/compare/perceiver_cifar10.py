@@ -11,10 +11,10 @@ shared weights as in the example: 380,618 parameters against the TLB's 379,338.
 
 from configs import default
 
-# `python -m tlb_jax.benchmark --config=configs/compare/perceiver_cifar10.py --num_classes=10
-# --noflops --repeats=5 --loop_steps=150` on a 2-core x86 CPU (Intel Xeon), idle, tcmalloc:
-# images/s of the training loop, the mean of two passes over the six compare configs (the
-# second in reverse order).
+# `TLB_JAX_CPU_DEVICES=1 python -m tlb_jax.benchmark --config=configs/compare/perceiver_cifar10.py
+# --num_classes=10 --noflops --repeats=5 --loop_steps=150` on a 2-core x86 CPU (Intel Xeon), idle,
+# tcmalloc, one host device: images/s of the training loop, the mean of two passes over the six
+# compare configs (the second in reverse order).
 LOOP_IMAGES_PER_S = 425
 
 

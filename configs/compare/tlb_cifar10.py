@@ -5,15 +5,16 @@ Every compare config trains on the first 40,000 training images, validates after
 the other 10,000 and scores the test split once at the end, with `cifar10.py`'s recipe
 (augmentation, AdamW, warmup + cosine schedule, label smoothing, ten test-time views); only the
 model section and the number of epochs differ. Each model's epochs are its measured training
-loop speed times an hour, over 40,000 images.
+loop speed on one host device times an hour, over 40,000 images; the runs of docs/results.md
+trained on one host device too (`TLB_JAX_CPU_DEVICES=1 python main.py --config=...`).
 """
 
 from configs import default
 
-# `python -m tlb_jax.benchmark --config=configs/compare/tlb_cifar10.py --num_classes=10
-# --noflops --repeats=5 --loop_steps=150` on a 2-core x86 CPU (Intel Xeon), idle, tcmalloc:
-# images/s of the training loop, the mean of two passes over the six compare configs (the
-# second in reverse order).
+# `TLB_JAX_CPU_DEVICES=1 python -m tlb_jax.benchmark --config=configs/compare/tlb_cifar10.py
+# --num_classes=10 --noflops --repeats=5 --loop_steps=150` on a 2-core x86 CPU (Intel Xeon), idle,
+# tcmalloc, one host device: images/s of the training loop, the mean of two passes over the six
+# compare configs (the second in reverse order).
 LOOP_IMAGES_PER_S = 508
 
 

@@ -9,10 +9,10 @@ recipe; only the model section and the number of epochs differ between the three
 
 from configs import default
 
-# `python -m tlb_jax.benchmark --config=configs/compare/tlb_cifar100.py --num_classes=100
-# --noflops --repeats=5 --loop_steps=150` on a 2-core x86 CPU (Intel Xeon), idle, tcmalloc:
-# images/s of the training loop, the mean of two passes over the six compare configs (the
-# second in reverse order).
+# `TLB_JAX_CPU_DEVICES=1 python -m tlb_jax.benchmark --config=configs/compare/tlb_cifar100.py
+# --num_classes=100 --noflops --repeats=5 --loop_steps=150` on a 2-core x86 CPU (Intel Xeon),
+# idle, tcmalloc, one host device: images/s of the training loop, the mean of two passes over the
+# six compare configs (the second in reverse order).
 LOOP_IMAGES_PER_S = 485
 
 

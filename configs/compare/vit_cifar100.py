@@ -7,10 +7,10 @@ The model of `vit_cifar10.py` with a 100-class head: 384,292 parameters against 
 
 from configs import default
 
-# `python -m tlb_jax.benchmark --config=configs/compare/vit_cifar100.py --num_classes=100
-# --noflops --repeats=5 --loop_steps=150` on a 2-core x86 CPU (Intel Xeon), idle, tcmalloc:
-# images/s of the training loop, the mean of two passes over the six compare configs (the
-# second in reverse order).
+# `TLB_JAX_CPU_DEVICES=1 python -m tlb_jax.benchmark --config=configs/compare/vit_cifar100.py
+# --num_classes=100 --noflops --repeats=5 --loop_steps=150` on a 2-core x86 CPU (Intel Xeon),
+# idle, tcmalloc, one host device: images/s of the training loop, the mean of two passes over the
+# six compare configs (the second in reverse order).
 LOOP_IMAGES_PER_S = 385
 
 
