@@ -373,6 +373,22 @@ def test_each_checkpoint_records_the_training_time_and_segments_up_to_it(resumed
   assert _checkpoint_metadata(resumed, RESUME_STEPS)['train_segments'] == 2
 
 
+def test_each_checkpoint_records_the_devices_it_trained_on(resumed_with_a_change):
+  full, _, _, _ = resumed_with_a_change
+  assert _checkpoint_metadata(full, RESUME_STEPS)[train.DEVICES] == jax.device_count()
+
+
+def test_resuming_on_another_device_count_warns_and_says_how_to_repeat_the_draws():
+  warning = train.device_count_change(recorded=1, current=2, step=500)
+  assert 'trained on 1 device and this segment runs on 2 devices' in warning
+  assert 'TLB_JAX_CPU_DEVICES=1' in warning
+
+
+def test_resuming_on_the_same_or_an_unrecorded_device_count_says_nothing():
+  assert train.device_count_change(recorded=2, current=2, step=500) is None
+  assert train.device_count_change(recorded=None, current=2, step=500) is None
+
+
 def test_a_resumed_runs_training_time_adds_its_segments(resumed_with_a_change):
   """results.json's training time and speed cover both segments: the first's time, read from
   the checkpoint the run resumed from, plus the second's."""

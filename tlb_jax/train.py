@@ -344,7 +344,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     state = checkpoints.restore_latest(state)
     clock = training_clock.TrainingClock.resumed_from(checkpoints.restored_metadata,
                                                       step=int(state.step))
-    checkpoints.metadata_fn = clock.reading
+    warning = device_count_change(checkpoints.restored_metadata.get(DEVICES),
+                                  jax.device_count(), int(state.step))
+    if warning:
+      logging.warning(warning)
+    checkpoints.metadata_fn = lambda: {**clock.reading(), DEVICES: jax.device_count()}
     try:
       return _train_and_test(run, state, checkpoints, clock)
     except (Interrupted, DivergenceError):
@@ -354,6 +358,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         # Most likely another process died, and pending saves would wait for it forever.
         checkpoints.abandon()
       raise
+
+
+# Checkpoint metadata: the devices the run trained on up to the checkpoint's step.
+DEVICES = 'devices'
+
+
+def device_count_change(recorded: int | None, current: int, step: int) -> str | None:
+  """The warning for a run resumed on another number of devices than its checkpoint was
+  trained on (None if the same, or not recorded). The run goes on; its augmentation and dropout
+  draw other samples from then on than an uninterrupted run would, since each device draws its
+  own."""
+  if recorded is None or int(recorded) == current:
+    return None
+  devices = lambda n: f'{n} device' + ('' if int(n) == 1 else 's')
+  return (f'The checkpoint of step {step} was trained on {devices(recorded)} and this segment '
+          f'runs on {devices(current)}: from here on the run draws other augmentation and dropout '
+          f'samples than an uninterrupted one (on a CPU, TLB_JAX_CPU_DEVICES={recorded} '
+          'repeats them)')
 
 
 @dataclasses.dataclass(frozen=True)
