@@ -5,9 +5,10 @@ other work, the elementwise fusions, reductions and copies; in the TLB's train s
 work takes longer than the matmuls. With one host device per core, each running its matmuls on
 one thread, pmap splits every batch across the devices and each core runs its share of all the
 work: on a 2-core x86 CPU `configs/cifar10.py`'s train step ran 1.12-1.20x faster, its training
-loop 1.14-1.17x and its eval step 1.36-1.43x (docs/performance.md). It is the same computation (gradients are
-the mean over the devices' shares); the random draws of augmentation and dropout depend on the
-device count, so resume a run with the count it started with (the trainer warns if not).
+loop 1.14-1.17x and its eval step 1.36-1.43x (docs/performance.md). It is the same computation
+(gradients are the mean over the devices' shares); the random draws of augmentation and dropout
+depend on the device count, so resume a run with the count it started with (the trainer warns if
+not).
 
 `TLB_JAX_CPU_DEVICES=N` sets the count (1: one device on all cores, JAX's own default); a device
 count already in XLA_FLAGS wins. Without either, the count is the most devices, at most one per
