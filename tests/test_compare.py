@@ -1,6 +1,7 @@
 """`--mode=compare`: the runs' final figures as a table and their validation curves against
 training time."""
 
+import os
 import shutil
 
 import numpy as np
@@ -10,7 +11,7 @@ from PIL import Image
 
 import trained_run
 from test_main import _error_lines, _main
-from tlb_jax import compare, plots
+from tlb_jax import compare, plots, run_files
 
 
 def test_training_minutes_leave_out_the_pause_between_a_stop_and_its_resume():
@@ -75,6 +76,22 @@ def test_compare_mode_prints_the_table_and_draws_the_curves(two_runs, tmp_path):
   assert rows[3].startswith('| second_run | tlb | cifar10 |')
   with Image.open(output) as image:
     assert image.mode == 'RGB' and image.size[0] > 0
+
+
+def test_a_run_still_training_is_drawn_so_far_and_has_no_final_figures(two_runs, tmp_path):
+  running = str(tmp_path / 'running')
+  shutil.copytree(two_runs[0], running)
+  os.remove(os.path.join(running, 'results.json'))
+  table = compare.compare([two_runs[0], running], str(tmp_path / 'compare.png'))
+  last_row = table.splitlines()[-1]
+  assert last_row.startswith('| running (unfinished) | tlb | cifar10 | - |')
+  assert last_row.count('| - ') == len(compare.COLUMNS) - 2
+  assert os.path.getsize(tmp_path / 'compare.png') > 0
+
+
+def test_a_directory_that_is_not_a_training_run_is_an_error(tmp_path):
+  with pytest.raises(run_files.WorkdirError, match='results.json is missing'):
+    compare.compare([str(tmp_path)], str(tmp_path / 'compare.png'))
 
 
 def test_compare_mode_without_workdirs_is_one_error_line(tmp_path):

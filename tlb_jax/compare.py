@@ -84,18 +84,34 @@ def results_table(names: Sequence[str], results: Sequence[dict[str, Any]]) -> st
   return '\n'.join(lines + ['| ' + ' | '.join(row) + ' |' for row in rows])
 
 
-def compare(workdirs: Sequence[str], output: str) -> str:
-  """Draws the runs' validation curves into `output` (PNG) and returns their results table.
+def run_figures(workdir: str) -> tuple[str, dict[str, Any]]:
+  """The run's name in the table and its results.json; for a run still training (a config.json
+  but no results.json yet), the name marked unfinished and only its model and dataset.
 
   Raises:
-    run_files.WorkdirError: a workdir does not exist or has no readable results.json.
+    run_files.WorkdirError: a workdir does not exist, or is not a training run's.
+  """
+  run_files.check_workdir(workdir)
+  name = os.path.basename(os.path.normpath(workdir))
+  config = run_files.saved_config(workdir)
+  if config is not None and not os.path.exists(run_files.results_path(workdir)):
+    return f'{name} (unfinished)', {'model': config.get('model'),
+                                    'dataset': config.get('dataset', '?')}
+  return name, run_files.load_results(workdir)
+
+
+def compare(workdirs: Sequence[str], output: str) -> str:
+  """Draws the runs' validation curves into `output` (PNG) and returns their results table.
+  A run still training is drawn up to its last validation and has no final figures.
+
+  Raises:
+    run_files.WorkdirError: a workdir does not exist, or is not a training run's.
   """
   names, results, curves = [], [], {}
   for workdir in workdirs:
-    run_files.check_workdir(workdir)
-    name = os.path.basename(os.path.normpath(workdir))
+    name, result = run_figures(workdir)
     names.append(name)
-    results.append(run_files.load_results(workdir))
+    results.append(result)
     curve = read_curve(workdir)
     curves[name] = (curve.minutes, curve.accuracy)
   datasets = sorted({result.get('dataset', '?') for result in results})
