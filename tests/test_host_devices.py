@@ -6,11 +6,19 @@ import sys
 
 import pytest
 
+from test_main import REPO_ROOT
 from tlb_jax import host_devices
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWO_DEVICES = ('--xla_force_host_platform_device_count=2 '
                f'{host_devices.SINGLE_THREADED_MATMULS_FLAG}')
+
+
+def _environment_without_a_device_count(**variables) -> dict[str, str]:
+  """The tests' environment with `variables`, less the device count the test setup forces."""
+  env = dict(os.environ, **variables)
+  env['XLA_FLAGS'] = ' '.join(flag for flag in env.get('XLA_FLAGS', '').split()
+                              if not flag.startswith(host_devices.DEVICE_COUNT_FLAG))
+  return env
 
 
 def test_one_device_per_core_when_the_batches_divide_evenly():
@@ -63,12 +71,10 @@ def test_a_malformed_count_is_an_error_that_says_what_to_set(value):
 
 
 def test_main_answers_a_malformed_count_with_one_error_line(tmp_path):
-  env = dict(os.environ, TLB_JAX_CPU_DEVICES='two', TLB_JAX_MALLOC='system')
-  env['XLA_FLAGS'] = ' '.join(flag for flag in env.get('XLA_FLAGS', '').split()
-                              if not flag.startswith(host_devices.DEVICE_COUNT_FLAG))
+  env = _environment_without_a_device_count(TLB_JAX_CPU_DEVICES='two', TLB_JAX_MALLOC='system')
   result = subprocess.run(
       [sys.executable, 'main.py', '--config=configs/smoke.py', f'--workdir={tmp_path}/run'],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+      cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1].startswith(
       "error: TLB_JAX_CPU_DEVICES='two' must be a whole number")
@@ -76,13 +82,11 @@ def test_main_answers_a_malformed_count_with_one_error_line(tmp_path):
 
 def test_the_flags_take_effect_when_set_after_jax_is_imported():
   # The benchmark imports JAX before it reads its config; the backend starts at the first use.
-  env = dict(os.environ, TLB_JAX_CPU_DEVICES='3', JAX_PLATFORMS='cpu')
-  env['XLA_FLAGS'] = ' '.join(flag for flag in env.get('XLA_FLAGS', '').split()
-                              if not flag.startswith(host_devices.DEVICE_COUNT_FLAG))
+  env = _environment_without_a_device_count(TLB_JAX_CPU_DEVICES='3', JAX_PLATFORMS='cpu')
   script = ('import jax\n'
             'from tlb_jax import host_devices\n'
             'host_devices.use_one_device_per_core(batch_size=12, eval_batch_size=12)\n'
             'print(jax.local_device_count())\n')
-  result = subprocess.run([sys.executable, '-c', script], cwd=ROOT, env=env,
+  result = subprocess.run([sys.executable, '-c', script], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=120, check=True)
   assert result.stdout.split() == ['3']

@@ -93,11 +93,12 @@ def run_figures(workdir: str) -> tuple[str, dict[str, Any]]:
   """
   run_files.check_workdir(workdir)
   name = os.path.basename(os.path.normpath(workdir))
-  config = run_files.saved_config(workdir)
-  if config is not None and not os.path.exists(run_files.results_path(workdir)):
-    return f'{name} (unfinished)', {'model': config.get('model'),
-                                    'dataset': config.get('dataset', '?')}
-  return name, run_files.load_results(workdir)
+  config = (None if os.path.exists(run_files.results_path(workdir))
+            else run_files.saved_config(workdir))
+  if config is None:
+    return name, run_files.load_results(workdir)  # a WorkdirError where there is none
+  return f'{name} (unfinished)', {'model': config.get('model'),
+                                  'dataset': config.get('dataset', '?')}
 
 
 def compare(workdirs: Sequence[str], output: str) -> str:
