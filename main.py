@@ -158,10 +158,9 @@ def main(argv):
     _check_command_line(FLAGS.mode)
   except config_validation.ConfigError as e:
     _usage_error(str(e))
-  if FLAGS.mode == 'train' and not (FLAGS.distributed or FLAGS.coordinator_address):
+  if FLAGS.mode in ('train', 'eval') and not (FLAGS.distributed or FLAGS.coordinator_address):
     try:
-      host_devices.use_one_device_per_core(FLAGS.config.batch_size, FLAGS.config.eval_batch_size,
-                                           FLAGS.config.microbatch_size)
+      _use_one_device_per_core(FLAGS.mode)
     except host_devices.DeviceCountError as e:
       _usage_error(str(e))
   import jax  # pylint: disable=g-import-not-at-top  (see the note at the top)
@@ -187,6 +186,23 @@ def main(argv):
     _stop_multi_process_run(e)
   if failures:
     sys.exit(1)
+
+
+def _use_one_device_per_core(mode: str) -> None:
+  """Gives a CPU run one host device per core (`host_devices`) for the batch sizes of `mode`:
+  to train, the config's; to evaluate, the run's eval batch size. Leaves the devices alone where
+  the run's config cannot be read (the mode then says why)."""
+  if mode == 'train':
+    config = FLAGS.config
+    host_devices.use_one_device_per_core(config.batch_size, config.eval_batch_size,
+                                         config.microbatch_size)
+    return
+  from tlb_jax import run_files  # pylint: disable=g-import-not-at-top  (imports JAX)
+  try:
+    config = FLAGS.config or run_files.load_config(FLAGS.workdir)
+  except run_files.WorkdirError:
+    return
+  host_devices.use_one_device_per_core(config.eval_batch_size, config.eval_batch_size)
 
 
 def _initialize_distributed() -> None:

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
-from benchmarks.config_ab import NUM_CLASSES, time_pairs
+from benchmarks.config_ab import NUM_CLASSES, step_ab_parser, time_pairs
 from tlb_jax import allocator, benchmark, config_validation
 from tlb_jax.models import layers
 
@@ -90,14 +90,8 @@ OPS = {'layer_norm': ('LayerNorm', flax_layer_norm, layers.LayerNorm),
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog='python -m benchmarks.backward_ab', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = step_ab_parser('backward_ab', __doc__)
   parser.add_argument('--op', choices=sorted(OPS), required=True)
-  parser.add_argument('--config', default='cifar10', help='a module of configs/')
-  parser.add_argument('--batch_size', type=int, default=128)
-  parser.add_argument('--pairs', type=int, default=3)
-  parser.add_argument('--repeats', type=int, default=10, help='timed calls per measurement')
-  parser.add_argument('--warmup', type=int, default=2, help='untimed calls before the first')
   return parser.parse_args(argv)
 
 

@@ -24,18 +24,25 @@ from tlb_jax import allocator, benchmark, config_validation
 NUM_CLASSES = {'cifar10': 10, 'cifar100': 100}
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog='python -m benchmarks.config_ab', description=__doc__,
+def step_ab_parser(module: str, description: str, pairs: int = 3) -> argparse.ArgumentParser:
+  """The arguments of every train-step A/B in benchmarks/ (`python -m benchmarks.<module>`):
+  the config, its batch, and the pairs' timing (`time_pairs`)."""
+  parser = argparse.ArgumentParser(prog=f'python -m benchmarks.{module}', description=description,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--config', default='cifar10', help='a module of configs/')
+  parser.add_argument('--batch_size', type=int, default=128)
+  parser.add_argument('--pairs', type=int, default=pairs)
+  parser.add_argument('--repeats', type=int, default=10, help='timed calls per measurement')
+  parser.add_argument('--warmup', type=int, default=2, help='untimed calls before the first')
+  return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  parser = step_ab_parser('config_ab', __doc__)
   parser.add_argument('--a', action='append', default=[], metavar='FIELD=VALUE',
                       help="A's overrides (repeat the flag for several)")
   parser.add_argument('--b', action='append', default=[], metavar='FIELD=VALUE',
                       help="B's overrides (repeat the flag for several)")
-  parser.add_argument('--batch_size', type=int, default=128)
-  parser.add_argument('--pairs', type=int, default=3)
-  parser.add_argument('--repeats', type=int, default=10, help='timed calls per measurement')
-  parser.add_argument('--warmup', type=int, default=2, help='untimed calls before the first')
   return parser.parse_args(argv)
 
 

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from flax import jax_utils
 
-from benchmarks.config_ab import time_pairs
+from benchmarks.config_ab import step_ab_parser, time_pairs
 from tlb_jax import allocator, train, train_state
 from tlb_jax.models import create_model
 from tlb_jax.models.tlb import TLB, TLBWithoutHoisting
@@ -27,14 +27,8 @@ NUM_CLASSES = 10
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog='python -m benchmarks.hoist_ab', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--config', default='cifar10', help='a module of configs/')
+  parser = step_ab_parser('hoist_ab', __doc__, pairs=5)
   parser.add_argument('--variant', default=None, help="overrides config.tlb.variant")
-  parser.add_argument('--batch_size', type=int, default=128)
-  parser.add_argument('--pairs', type=int, default=5)
-  parser.add_argument('--repeats', type=int, default=10, help='timed calls per measurement')
-  parser.add_argument('--warmup', type=int, default=2, help='untimed calls before the first')
   return parser.parse_args(argv)
 
 

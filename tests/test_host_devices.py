@@ -6,8 +6,9 @@ import sys
 
 import pytest
 
+from configs import smoke
 from test_main import REPO_ROOT
-from tlb_jax import host_devices
+from tlb_jax import host_devices, run_files
 
 TWO_DEVICES = ('--xla_force_host_platform_device_count=2 '
                f'{host_devices.SINGLE_THREADED_MATMULS_FLAG}')
@@ -90,3 +91,16 @@ def test_the_flags_take_effect_when_set_after_jax_is_imported():
   result = subprocess.run([sys.executable, '-c', script], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=120, check=True)
   assert result.stdout.split() == ['3']
+
+
+@pytest.mark.skipif(host_devices.usable_cores() < 2, reason='needs two cores')
+def test_eval_mode_splits_the_run_eval_batch_over_the_cores(tmp_path):
+  # An odd training batch would leave one device; the eval batch of 6 takes one per core.
+  config = smoke.get_config()
+  config.update(batch_size=3, eval_batch_size=6)
+  run_files.write_config(str(tmp_path), config)
+  env = _environment_without_a_device_count(TLB_JAX_MALLOC='system')
+  result = subprocess.run(
+      [sys.executable, 'main.py', '--mode=eval', f'--workdir={tmp_path}'],
+      cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180, check=False)
+  assert 'local devices: [CpuDevice(id=0), CpuDevice(id=1)]' in result.stderr, result.stderr

@@ -1,4 +1,4 @@
-"""One XLA host device per CPU core, by default, when training on a CPU.
+"""One XLA host device per CPU core, by default, when training or evaluating on a CPU.
 
 XLA:CPU spreads a device's matmuls over every core (Eigen's thread pool), but not all of its
 other work, the elementwise fusions, reductions and copies; in the TLB's train step that other
