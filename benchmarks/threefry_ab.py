@@ -23,6 +23,8 @@ from benchmarks.config_ab import NUM_CLASSES, step_ab_parser, time_pairs
 from tlb_jax import allocator, benchmark, config_validation, host_devices
 from tlb_jax.models.layers import Dropout
 
+MASK_SHAPE = (16, 256)  # a dropout mask's shape after the batch axis
+
 
 def parse_args(argv=None) -> argparse.Namespace:
   return step_ab_parser('threefry_ab', __doc__).parse_args(argv)
@@ -44,8 +46,9 @@ def use_lowering(rule) -> None:
 
 
 def dropout_runner(batch_size: int):
-  """A blocking callable: `layers.Dropout(0.1)` on a (batch_size, 16, 256) array, compiled now."""
-  x = jnp.ones((batch_size, 16, 256), jnp.float32)
+  """A blocking callable: `layers.Dropout(0.1)` on a (batch_size, *MASK_SHAPE) array, compiled
+  now."""
+  x = jnp.ones((batch_size, *MASK_SHAPE), jnp.float32)
   dropout = Dropout(rate=0.1)
   apply = jax.jit(lambda key: dropout.apply({}, x, deterministic=False, rngs={'dropout': key}))
   compiled = apply.lower(jax.random.key(0)).compile()
@@ -65,7 +68,7 @@ def main(argv=None):
     masks[name] = dropout_runner(args.batch_size)
     steps[name], _, _ = benchmark.pmapped_steps(config, NUM_CLASSES[config.dataset])
   use_lowering(rolled)
-  elements = args.batch_size * 16 * 256
+  elements = args.batch_size * MASK_SHAPE[0] * MASK_SHAPE[1]
   print(f'one dropout mask of {elements:,} elements; elements/s:', flush=True)
   time_pairs(masks, dict.fromkeys(masks, elements), args.pairs, args.repeats, args.warmup)
   print(f'configs/{args.config}.py, batch {args.batch_size}, {jax.local_device_count()} '
