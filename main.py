@@ -1,4 +1,4 @@
-"""Trains and evaluates tlb-jax models, and predicts with a trained workdir.
+r"""Trains and evaluates tlb-jax models, and predicts with a trained workdir.
 
   python main.py --config=configs/cifar10.py --workdir=/tmp/run [--config.batch_size=256 ...]
   python main.py --mode=eval --workdir=/tmp/run

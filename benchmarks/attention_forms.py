@@ -1,4 +1,4 @@
-"""Micro-benchmark: three formulations of the attention core at the chunk shapes of a TLB.
+r"""Micro-benchmark: three formulations of the attention core at the chunk shapes of a TLB.
 
   python -m benchmarks.attention_forms                  # configs/cifar10.py's shapes
   python -m benchmarks.attention_forms --batch_size=256 --tokens=8 --latents=8 --heads=1 \

@@ -1,4 +1,4 @@
-"""A/B of two settings of a config: the train step's images/s of each, in interleaved pairs.
+r"""A/B of two settings of a config: the train step's images/s of each, in interleaved pairs.
 
   python -m benchmarks.config_ab --b=tlb.remat=dots_activations            # configs/cifar10.py
   python -m benchmarks.config_ab --config=cifar10_seed --a=tlb.variant=paper \
