@@ -46,6 +46,19 @@ def test_curves_label_the_test_line_in_percent_to_two_decimals():
   assert plots.format_test_accuracy(0.8497) == 'test 84.97%'
 
 
+def test_runs_of_one_group_share_a_colour_and_differ_in_line_style():
+  styles = plots.run_line_styles(['tlb', 'vit', 'tlb_seed1', 'vit_seed1'],
+                                 {'tlb': 'tlb', 'tlb_seed1': 'tlb', 'vit': 'vit',
+                                  'vit_seed1': 'vit'})
+  assert styles == {'tlb': ('C0', '-'), 'vit': ('C1', '-'), 'tlb_seed1': ('C0', '--'),
+                    'vit_seed1': ('C1', '--')}
+
+
+def test_runs_without_groups_each_get_their_own_colour_drawn_solid():
+  assert plots.run_line_styles(['a', 'b', 'c']) == {'a': ('C0', '-'), 'b': ('C1', '-'),
+                                                    'c': ('C2', '-')}
+
+
 @pytest.mark.parametrize('num_images, size', [(1, (320, 200)), (4, (1280, 200)),
                                               (5, (1280, 400)), (8, (1280, 400))])
 def test_attention_grid_png_size_follows_the_image_count(tmp_path, num_images, size):

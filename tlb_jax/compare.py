@@ -103,18 +103,21 @@ def run_figures(workdir: str) -> tuple[str, dict[str, Any]]:
 
 def compare(workdirs: Sequence[str], output: str) -> str:
   """Draws the runs' validation curves into `output` (PNG) and returns their results table.
-  A run still training is drawn up to its last validation and has no final figures.
+  A run still training is drawn up to its last validation and has no final figures; runs of
+  one model on one dataset (seeds) share a colour.
 
   Raises:
     run_files.WorkdirError: a workdir does not exist, or is not a training run's.
   """
-  names, results, curves = [], [], {}
+  names, results, curves, groups = [], [], {}, {}
   for workdir in workdirs:
     name, result = run_figures(workdir)
     names.append(name)
     results.append(result)
     curve = read_curve(workdir)
     curves[name] = (curve.minutes, curve.accuracy)
+    if result.get('model'):
+      groups[name] = f"{result['model']} {result.get('dataset')}"
   datasets = sorted({result.get('dataset', '?') for result in results})
-  plots.save_png(plots.plot_runs(curves, title=' / '.join(datasets)), output)
+  plots.save_png(plots.plot_runs(curves, title=' / '.join(datasets), groups=groups), output)
   return results_table(names, results)

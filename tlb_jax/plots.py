@@ -279,14 +279,37 @@ def attention_titles(true_names: Sequence[str] | None, pred_names: Sequence[str]
 # ----------------------------------------------------------------------------- comparison
 
 
+RUN_LINE_STYLES = ('-', '--', ':', '-.')  # the runs of one group, in order
+
+
+def run_line_styles(names: Sequence[str], groups: dict[str, str] | None = None
+                    ) -> dict[str, tuple[str, str]]:
+  """Each run's matplotlib (colour, line style). Runs of one group (one model trained with
+  several seeds, say) share a colour, the first drawn solid and the next ones dashed, dotted,
+  dash-dotted; a run without a group is a group of its own."""
+  groups = groups or {}
+  colour_of_group, runs_in_group, styles = {}, {}, {}
+  for name in names:
+    group = groups.get(name, name)
+    colour_of_group.setdefault(group, f'C{len(colour_of_group) % 10}')
+    index = runs_in_group[group] = runs_in_group.get(group, -1) + 1
+    styles[name] = (colour_of_group[group], RUN_LINE_STYLES[index % len(RUN_LINE_STYLES)])
+  return styles
+
+
 def plot_runs(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str = '',
-              xlabel: str = 'training minutes') -> np.ndarray:
+              xlabel: str = 'training minutes', groups: dict[str, str] | None = None
+              ) -> np.ndarray:
   """Validation top-1 against training time, one line per run ({name: (x, top-1)}), x in
-  minutes or as `xlabel` says -> RGB image CURVES_SIZE."""
+  minutes or as `xlabel` says -> RGB image CURVES_SIZE. Runs of one group ({name: group})
+  share a colour (`run_line_styles`)."""
   figure = _figure(CURVES_SIZE)
   axes = figure.subplots()
+  styles = run_line_styles(list(curves), groups)
   for name, (x, accuracy) in curves.items():
-    axes.plot(x, accuracy, marker='o', markersize=3, linewidth=1.5, label=name)
+    colour, line_style = styles[name]
+    axes.plot(x, accuracy, marker='o', markersize=3, linewidth=1.5, label=name, color=colour,
+              linestyle=line_style)
   axes.set_xlabel(xlabel)
   axes.set_ylabel('validation top-1 accuracy')
   axes.grid(True, alpha=0.3)
