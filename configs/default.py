@@ -32,6 +32,9 @@ def get_config() -> ml_collections.ConfigDict:
       head='fast_last_mean',     # seed; 'slow_mean' pools the final slow stream
       variant='paper',           # blocks: 'paper', or 'keras_seed': exactly the Keras seed's
                                  # model (its weights port by name: tlb_jax/keras_port.py)
+      keras_fans='conv',         # 'keras_seed' only: its attention kernels' glorot init with
+                                 # fans as the Keras of the example's logs counted them;
+                                 # 'einsum': as Keras does since April 2026
       scan_unroll=1,             # chunks per compiled loop iteration
       remat='dots',              # backward recomputes all but projections ('none',
                                  # 'dots_activations', 'full')

@@ -330,6 +330,15 @@ def test_fields_are_those_of_the_default_config():
   assert config_validation.missing_fields(config) == []
 
 
+def test_a_saved_config_lacking_only_initialization_fields_misses_nothing():
+  """A run saved before tlb.keras_fans existed loads: the field shapes initial parameters only."""
+  config = default.get_config().to_dict()
+  del config['tlb']['keras_fans']
+  assert config_validation.missing_fields(config) == []
+  del config['tlb']['variant']
+  assert config_validation.missing_fields(config) == ['tlb.variant']
+
+
 def test_config_error_is_a_value_error():
   """Callers that catch ValueError also catch ConfigError."""
   assert issubclass(ConfigError, ValueError)

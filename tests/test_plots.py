@@ -230,8 +230,9 @@ def test_keras_logs_hold_thirty_epochs_ending_at_the_published_figures():
 
 def test_seed_curves_draw_the_runs_validation_per_epoch_against_both_keras_logs(workdir,
                                                                                 tmp_path):
-  curves = keras_logs.curves_against_keras(workdir, 'run')
-  assert list(curves) == ['run', *keras_logs.KERAS_LOGS]
+  curves = keras_logs.curves_against_keras({'run': workdir, 'same run': workdir})
+  assert list(curves) == ['run', 'same run', *keras_logs.KERAS_LOGS]
+  np.testing.assert_array_equal(curves['run'][1], curves['same run'][1])
   epochs, accuracy = curves['run']
   np.testing.assert_allclose(epochs, np.arange(1, trained_run.config().num_epochs + 1))
   assert ((0 <= accuracy) & (accuracy <= 1)).all()
@@ -242,7 +243,23 @@ def test_seed_curves_draw_the_runs_validation_per_epoch_against_both_keras_logs(
 
 def test_seed_curves_of_a_run_without_validation_exit_2_with_one_error_line(tmp_path, capsys):
   with pytest.raises(SystemExit) as exit_info:
-    keras_logs.main(['--workdir', str(tmp_path), '--output', str(tmp_path / 'x.png')])
+    keras_logs.main(['--workdirs', str(tmp_path), '--output', str(tmp_path / 'x.png')])
   assert exit_info.value.code == 2
   assert capsys.readouterr().err.strip().startswith(f'error: {tmp_path} has no validation')
   assert not (tmp_path / 'x.png').exists()
+
+
+def test_seed_curves_name_one_run_by_its_config_and_several_by_their_workdirs():
+  assert keras_logs.parse_args(['--workdirs=/r/a', '--output=x.png']).names == [
+      'tlb-jax, configs/cifar10_seed.py']
+  assert keras_logs.parse_args(['--workdirs=/r/a,/r/b/', '--output=x.png']).names == [
+      'tlb-jax, a', 'tlb-jax, b']
+
+
+@pytest.mark.parametrize('names', ['one', 'same,same'])
+def test_seed_curves_without_one_distinct_name_per_run_exit_2_with_one_error_line(names, capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    keras_logs.parse_args(['--workdirs=/r/a,/r/b', f'--names={names}', '--output=x.png'])
+  assert exit_info.value.code == 2
+  error = capsys.readouterr().err.strip()
+  assert error.startswith('error: --names has ') and '\n' not in error

@@ -374,6 +374,7 @@ def test_only_the_convolutional_tokenizers_let_a_token_see_the_neighbouring_patc
     (16, dict(head='cls'), "head must be one of .* got 'cls'"),
     (16, dict(slow_stream_init='random'), "slow_stream_init must be one of .* got 'random'"),
     (16, dict(tokenizer='cnn'), "tokenizer must be one of .* got 'cnn'"),
+    (16, dict(keras_fans='torch'), "keras_fans must be one of .* got 'torch'"),
     (12, dict(patch_size=6, tokenizer='conv'), "tokenizer 'conv' needs a power-of-two patch"),
     (12, dict(patch_size=6, tokenizer='stem'), "tokenizer 'stem' needs a power-of-two patch"),
 ])
@@ -383,6 +384,34 @@ def test_invalid_sizes_and_choices_raise_value_error(size, overrides, message):
   with pytest.raises(ValueError, match=message):
     jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
                    jnp.zeros((1, size, size, 3)))
+
+
+# Keras's glorot_uniform limit sqrt(6 / (fan_in + fan_out)) for BASE's attention kernels
+# (D = 16, H = 2 heads of Dh = 16, as 'keras_seed' gives every head D features): query, key and
+# value kernels (D, H, Dh), output kernels (H, Dh, D). 'conv' counts the axes before the last
+# two as a receptive field (D for the projections, H for the output); 'einsum' counts the
+# contracted axes in, the others out.
+KERAS_ATTENTION_LIMITS = {
+    'conv': {'qkv': np.sqrt(6 / (16 * 2 + 16 * 16)), 'out': np.sqrt(6 / (2 * 16 + 2 * 16))},
+    'einsum': {'qkv': np.sqrt(6 / (16 + 2 * 16)), 'out': np.sqrt(6 / (2 * 16 + 16))},
+}
+
+
+@pytest.mark.parametrize('keras_fans', ['conv', 'einsum'])
+def test_keras_seed_attention_kernels_span_keras_glorot_range_for_their_fans(keras_fans):
+  """Each of the 'keras_seed' TLB's attention kernels fills U(-limit, limit) of its fans: its
+  largest weight is within 10% under the limit, never above it."""
+  model = TLB(**{**BASE, 'variant': 'keras_seed', 'keras_fans': keras_fans})
+  params = jax.jit(functools.partial(model.init, train=False))(
+      jax.random.PRNGKey(0), _images())['params']
+  kernels = {jax.tree_util.keystr(path): np.abs(np.asarray(value)).max()
+             for path, value in jax.tree_util.tree_flatten_with_path(params)[0]
+             if 'attention' in jax.tree_util.keystr(path)
+             and jax.tree_util.keystr(path).endswith("['kernel']")}
+  assert len(kernels) > 4
+  for path, largest in kernels.items():
+    limit = KERAS_ATTENTION_LIMITS[keras_fans]['out' if "['out']" in path else 'qkv']
+    assert 0.9 * limit < largest <= limit, path
 
 
 def test_create_model_uses_config_section_and_dtype():

@@ -12,6 +12,9 @@ TOKENIZERS = ('linear', 'conv', 'stem')
 REMATS = ('none', 'dots', 'dots_activations', 'full')
 # Tokenizers that halve the resolution log2(patch_size) times.
 POWER_OF_TWO_TOKENIZERS = ('conv', 'stem')
+# How the 'keras_seed' TLB counts the fan-in and fan-out of its attention kernels for Keras's
+# glorot_uniform (`layers.keras_attention_kernel_init`).
+KERAS_FANS = ('conv', 'einsum')
 # Where Adam's epsilon goes: 'optax' adds it to sqrt(v_hat), 'keras' to sqrt(v) before the bias
 # correction (`train_state.scale_by_keras_adam`).
 ADAM_EPS_PLACEMENTS = ('optax', 'keras')

@@ -14,8 +14,8 @@ from typing import Any
 
 import ml_collections
 
-from tlb_jax.choices import (ADAM_EPS_PLACEMENTS, DATASETS, POWER_OF_TWO_TOKENIZERS, REMATS,
-                             TEST_TIME_AUGMENTATIONS, TOKENIZERS)
+from tlb_jax.choices import (ADAM_EPS_PLACEMENTS, DATASETS, KERAS_FANS, POWER_OF_TWO_TOKENIZERS,
+                             REMATS, TEST_TIME_AUGMENTATIONS, TOKENIZERS)
 
 DTYPES = ('auto', 'float32', 'bfloat16', 'float16')
 LR_SCHEDULES = ('constant', 'warmup_cosine')
@@ -23,7 +23,7 @@ WEIGHT_DECAY_ON = ('all', 'kernels')
 MODEL_CHOICES = {
     'tlb': {'head': ('slow_mean', 'fast_last_mean'), 'slow_stream_init': ('learned', 'zeros'),
             'remat': REMATS, 'tokenizer': TOKENIZERS,
-            'variant': ('paper', 'keras_seed')},
+            'variant': ('paper', 'keras_seed'), 'keras_fans': KERAS_FANS},
     'perceiver': {'tokenizer': TOKENIZERS},
     'vit': {'tokenizer': TOKENIZERS},
 }
@@ -60,13 +60,20 @@ def model_fields(model: str) -> tuple[str, ...]:
                if f.name not in ('num_classes', 'dtype', 'parent', 'name'))
 
 
+# Model fields that shape only the initial parameters: a saved run lacking one (made before it
+# existed) still loads and resumes, its parameters coming from its checkpoints.
+INITIALIZATION_FIELDS = {'tlb': ('keras_fans',)}
+
+
 def missing_fields(saved: dict) -> list[str]:
-  """The fields of the current configs that `saved` (a config as a dict) lacks."""
+  """The fields of the current configs that `saved` (a config as a dict) lacks, other than
+  `INITIALIZATION_FIELDS`."""
   missing = [f for f in FIELDS if f not in saved]
   model = saved.get('model')
   if model in _models():
     section = saved.get(model, {})
-    missing += [f'{model}.{f}' for f in model_fields(model) if f not in section]
+    missing += [f'{model}.{f}' for f in model_fields(model)
+                if f not in section and f not in INITIALIZATION_FIELDS.get(model, ())]
   return missing
 
 

@@ -1,6 +1,7 @@
-"""The Keras example's published training logs, and a run's validation curve drawn against them.
+"""The Keras example's published training logs, and runs' validation curves drawn against them.
 
-  python -m tlb_jax.keras_logs --workdir=/tmp/seed_run --output=docs/seed_curves.png
+  python -m tlb_jax.keras_logs --workdirs=/tmp/seed_run --output=docs/seed_curves.png
+  python -m tlb_jax.keras_logs --workdirs=/tmp/a,/tmp/b --names='run a,run b' --output=x.png
 
 The Keras example "When Recurrence meets Transformers" (keras-io,
 examples/vision/temporal_latent_bottleneck.py, by Aritra Roy Gosthipaty and Suvaditya
@@ -10,6 +11,7 @@ each; two versions of the page show a log: the current one (Keras 3) and the fir
 """
 
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -27,23 +29,40 @@ KERAS_LOGS = {
         0.3330, 0.3464, 0.3669, 0.3710, 0.3866, 0.3933, 0.4161, 0.4170, 0.4239, 0.4223,
         0.4390, 0.4455, 0.4424, 0.4532, 0.4584, 0.4592, 0.4619, 0.4704, 0.4751, 0.4726),
 }
-
+DEFAULT_NAME = 'tlb-jax, configs/cifar10_seed.py'
 
 
 def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog='python -m tlb_jax.keras_logs', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--workdir', required=True, help='the run to draw (its TensorBoard events)')
+  parser.add_argument('--workdirs', required=True, type=_comma_list,
+                      help='the runs to draw (their TensorBoard events), comma-separated')
   parser.add_argument('--output', required=True, help='the PNG to write')
-  parser.add_argument('--name', default='tlb-jax, configs/cifar10_seed.py',
-                      help="the run's line in the legend")
-  return parser.parse_args(argv)
+  parser.add_argument('--names', type=_comma_list, default=None,
+                      help="the runs' lines in the legend, comma-separated (default: "
+                           f"'{DEFAULT_NAME}' for one run, 'tlb-jax, WORKDIR' for several)")
+  args = parser.parse_args(argv)
+  if args.names is None:
+    args.names = ([DEFAULT_NAME] if len(args.workdirs) == 1
+                  else [f'tlb-jax, {os.path.basename(os.path.normpath(w))}' for w in args.workdirs])
+  if len(args.names) != len(args.workdirs) or len(set(args.names)) != len(args.names):
+    print(f'error: --names has {len(set(args.names))} distinct names for '
+          f'{len(args.workdirs)} workdirs; give one name per workdir', file=sys.stderr)
+    sys.exit(2)
+  return args
 
 
-def curves_against_keras(workdir: str, name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-  """{line name: (epochs (N,), validation top-1 (N,))}: the run's, then the two logs'."""
-  run = plots.epoch_curves(plots.read_scalars(workdir))
-  curves = {name: (run['eval_epoch'], run['eval_accuracy'])}
+def _comma_list(value: str) -> list[str]:
+  return [item.strip() for item in value.split(',') if item.strip()]
+
+
+def curves_against_keras(runs: dict[str, str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """runs {line name: workdir} -> {line name: (epochs (N,), validation top-1 (N,))}: the runs',
+  then the two logs'."""
+  curves = {}
+  for name, workdir in runs.items():
+    run = plots.epoch_curves(plots.read_scalars(workdir))
+    curves[name] = (run['eval_epoch'], run['eval_accuracy'])
   for log_name, accuracy in KERAS_LOGS.items():
     curves[log_name] = (np.arange(1, len(accuracy) + 1, dtype=np.float64), np.array(accuracy))
   return curves
@@ -51,11 +70,12 @@ def curves_against_keras(workdir: str, name: str) -> dict[str, tuple[np.ndarray,
 
 def main(argv=None):
   args = parse_args(argv)
-  curves = curves_against_keras(args.workdir, args.name)
-  if not len(curves[args.name][0]):
-    print(f'error: {args.workdir} has no validation figures to draw; pass the workdir of a '
-          'run with a validation split', file=sys.stderr)
-    sys.exit(2)
+  curves = curves_against_keras(dict(zip(args.names, args.workdirs)))
+  for name, workdir in zip(args.names, args.workdirs):
+    if not len(curves[name][0]):
+      print(f'error: {workdir} has no validation figures to draw; pass the workdir of a run '
+            'with a validation split', file=sys.stderr)
+      sys.exit(2)
   plots.save_png(plots.plot_runs(curves, title='CIFAR-10, the seed model and recipe',
                                  xlabel='epoch'), args.output)
   print(f'wrote {args.output}')

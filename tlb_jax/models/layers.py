@@ -5,6 +5,7 @@ H heads, Dh features per head.
 """
 
 import functools
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
-from tlb_jax.choices import POWER_OF_TWO_TOKENIZERS, TOKENIZERS
+from tlb_jax.choices import KERAS_FANS, POWER_OF_TWO_TOKENIZERS, TOKENIZERS
 
 Dtype = Any
 
@@ -32,9 +33,36 @@ def kernel_init(keras_init: bool) -> nn.initializers.Initializer:
 
   glorot_uniform draws from U(-a, a), a = sqrt(6 / (fan_in + fan_out)); for a DenseGeneral
   kernel flax counts the contracted axes as fan_in and the output axes as fan_out, as
-  Keras 3's EinsumDense does (its `input_axes` / `output_axes`).
+  Keras's EinsumDense has since April 2026 (`keras_attention_kernel_init` has both rules).
   """
   return nn.initializers.glorot_uniform() if keras_init else nn.linear.default_kernel_init
+
+
+def keras_attention_kernel_init(kernel_shape: tuple[int, ...], keras_fans: str
+                                ) -> nn.initializers.Initializer:
+  """Keras's glorot_uniform for a `MultiHeadAttention` kernel of `kernel_shape`: (D, H, Dh) for
+  the query, key and value projections, (H, Dh, D) for the output.
+
+  keras_fans: 'einsum' counts the contracted axes as fan_in and the others as fan_out (Keras
+    since April 2026, keras-team/keras#22789; flax's `kernel_init`); 'conv' counts every axis
+    before the last two as a convolution's receptive field, fan_in = shape[-2] * field and
+    fan_out = shape[-1] * field, as tf.keras and Keras 3 did before: the Keras example's
+    query, key and value kernels (64, 1, 64), as its published logs trained them, drew from
+    U(-0.038, 0.038), 5.7 times narrower than the U(-0.217, 0.217) of 'einsum'.
+  The initializer ignores the shape it is called with (DenseGeneral passes the kernel
+  flattened to 2-D), taking its fans from `kernel_shape`.
+  """
+  if keras_fans == 'einsum':
+    return nn.initializers.glorot_uniform()
+  if keras_fans not in KERAS_FANS:
+    raise ValueError(f'keras_fans must be one of {KERAS_FANS}, got {keras_fans!r}')
+  field = math.prod(kernel_shape[:-2])
+  limit = math.sqrt(6 / (field * (kernel_shape[-2] + kernel_shape[-1])))
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -limit, limit)
+
+  return init
 
 
 def keras_embedding_init(key, shape, dtype=jnp.float32):
@@ -160,6 +188,8 @@ class MultiHeadAttention(nn.Module):
     dtype: compute dtype (parameters stay float32).
     fused: one projection for q, k, v (self-attention) or for k, v (cross-attention).
     keras_init: glorot_uniform kernels (Keras's default) instead of lecun_normal.
+    keras_fans: with `keras_init`, how their fans are counted ('conv' or 'einsum', see
+      `keras_attention_kernel_init`).
   """
 
   num_heads: int
@@ -168,6 +198,7 @@ class MultiHeadAttention(nn.Module):
   dtype: Dtype = jnp.float32
   fused: bool = True
   keras_init: bool = False
+  keras_fans: str = 'einsum'
 
   @nn.compact
   def __call__(self, queries, context=None, values=None, *, deterministic: bool):
@@ -178,8 +209,10 @@ class MultiHeadAttention(nn.Module):
     """
     features = queries.shape[-1]
     head_dim = self.head_dim or features // self.num_heads
+    init = lambda shape: (keras_attention_kernel_init(shape, self.keras_fans) if self.keras_init
+                          else kernel_init(False))
     dense = lambda shape, name: nn.DenseGeneral(
-        shape, dtype=self.dtype, kernel_init=kernel_init(self.keras_init), name=name)
+        shape, dtype=self.dtype, kernel_init=init((features, *shape)), name=name)
     if not self.fused:
       keys = queries if context is None else context
       values = keys if values is None else values
@@ -201,7 +234,8 @@ class MultiHeadAttention(nn.Module):
     dropped = Dropout(self.attention_dropout_rate)(weights, deterministic=deterministic)
     out = jnp.einsum('bhqk,bkhd->bqhd', dropped.astype(self.dtype), value)
     out = nn.DenseGeneral(features, axis=(-2, -1), dtype=self.dtype,
-                          kernel_init=kernel_init(self.keras_init), name='out')(out)
+                          kernel_init=init((self.num_heads, head_dim, features)),
+                          name='out')(out)
     return out, weights
 
 
@@ -253,6 +287,7 @@ class AttentionBlock(nn.Module):
     qkv_norms: separate LayerNorms of queries, keys and values (and unfused projections).
     approximate_gelu: see `MlpBlock`.
     keras_init: Keras's default initializers for every kernel (see `kernel_init`).
+    keras_fans: see `MultiHeadAttention`.
   """
 
   num_heads: int
@@ -264,6 +299,7 @@ class AttentionBlock(nn.Module):
   qkv_norms: bool = False
   approximate_gelu: bool = True
   keras_init: bool = False
+  keras_fans: str = 'einsum'
 
   @nn.compact
   def __call__(self, x, context=None, *, deterministic: bool, stream: str = 'fast'):
@@ -282,6 +318,7 @@ class AttentionBlock(nn.Module):
         dtype=self.dtype,
         fused=not self.qkv_norms,
         keras_init=self.keras_init,
+        keras_fans=self.keras_fans,
         name=f'{prefix}attention',
     )
     if self.qkv_norms:

@@ -20,8 +20,9 @@ self- and cross-attention), runs every block of the list as self-attention and r
 blocks at indices 0, r, 2r, ... of the list a second time, as cross-attention to the slow
 stream, through the block's second attention sub-layer and the same MLP. Its blocks normalise
 queries, keys and values with three LayerNorms, use the exact (erf) GELU, give every head D
-features (Keras `key_dim=embed_dim`) and take Keras's default initializers; its slow update is
-the first attention sub-layer of one more block.
+features (Keras `key_dim=embed_dim`) and take Keras's default initializers, counting the
+attention kernels' fans as the Keras versions that trained the example's published logs did
+(`keras_fans`); its slow update is the first attention sub-layer of one more block.
 Shape letters: B batch, N tokens, C chunks, K chunk_size, L num_latents, D embed_dim, H heads.
 """
 
@@ -32,7 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tlb_jax.choices import REMATS
+from tlb_jax.choices import KERAS_FANS, REMATS
 from tlb_jax.models.layers import (DROPOUT_MASK, GELU_TANH, SOFTMAX_EXP, AttentionBlock, Dtype,
                                    PatchEmbed, classification_head)
 
@@ -93,6 +94,7 @@ class TLBCell(nn.Module):
   return_intermediates: bool = False
   variant: str = 'paper'
   head_dim: int | None = None
+  keras_fans: str = 'conv'
 
   def setup(self):
     seed = self.variant == 'keras_seed'
@@ -100,7 +102,7 @@ class TLBCell(nn.Module):
         AttentionBlock, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
         dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
         dtype=self.dtype, head_dim=self.head_dim, qkv_norms=seed, approximate_gelu=not seed,
-        keras_init=seed)
+        keras_init=seed, keras_fans=self.keras_fans)
     if seed:
       self.perceptual = [
           block(name=f'perceptual_{index}')
@@ -184,6 +186,10 @@ class TLB(nn.Module):
     variant: 'paper' or 'keras_seed' (the Keras seed's blocks and initializers; see the module
       docstring). The seed itself also has tokenizer 'linear', slow_stream_init 'zeros', head
       'fast_last_mean' and num_latents = chunk_size.
+    keras_fans: 'keras_seed' only: how its attention kernels' glorot_uniform counts fans,
+      'conv' (the Keras versions of the example's published logs) or 'einsum' (Keras since
+      April 2026); see `layers.keras_attention_kernel_init`. It shapes the initial parameters
+      only.
     dtype: compute dtype; parameters are float32.
     scan_unroll: chunks per iteration of the compiled scan loop.
     remat: what the backward pass recomputes instead of storing for every chunk: 'none'
@@ -216,6 +222,7 @@ class TLB(nn.Module):
   slow_stream_init: str = 'learned'
   head: str = 'slow_mean'
   variant: str = 'paper'
+  keras_fans: str = 'conv'
   dtype: Dtype = jnp.float32
   scan_unroll: int = 1
   remat: str = 'none'
@@ -238,6 +245,8 @@ class TLB(nn.Module):
           f'slow_stream_init must be one of {SLOW_STREAM_INITS}, got {self.slow_stream_init!r}')
     if self.variant not in VARIANTS:
       raise ValueError(f'variant must be one of {VARIANTS}, got {self.variant!r}')
+    if self.keras_fans not in KERAS_FANS:
+      raise ValueError(f'keras_fans must be one of {KERAS_FANS}, got {self.keras_fans!r}')
     seed = self.variant == 'keras_seed'
     tokens = PatchEmbed(self.patch_size, self.embed_dim, self.dtype, self.tokenizer,
                         keras_init=seed, name='patch_embed')(images)
@@ -266,6 +275,7 @@ class TLB(nn.Module):
         return_intermediates=return_intermediates,
         variant=self.variant,
         head_dim=features if seed else None,
+        keras_fans=self.keras_fans,
         name='recurrence',
     )
     hoist = self.hoist_first_blocks and num_prefix_layers(
