@@ -256,10 +256,15 @@ def test_seed_curves_name_one_run_by_its_config_and_several_by_their_workdirs():
       'tlb-jax, a', 'tlb-jax, b']
 
 
-@pytest.mark.parametrize('names', ['one', 'same,same'])
+def test_seed_curves_take_one_name_per_run_commas_included():
+  assert keras_logs.parse_args(['--workdirs=/r/a,/r/b', '--names', 'tlb-jax, a', 'b',
+                                '--output=x.png']).names == ['tlb-jax, a', 'b']
+
+
+@pytest.mark.parametrize('names', [['one'], ['same', 'same']])
 def test_seed_curves_without_one_distinct_name_per_run_exit_2_with_one_error_line(names, capsys):
   with pytest.raises(SystemExit) as exit_info:
-    keras_logs.parse_args(['--workdirs=/r/a,/r/b', f'--names={names}', '--output=x.png'])
+    keras_logs.parse_args(['--workdirs=/r/a,/r/b', '--names', *names, '--output=x.png'])
   assert exit_info.value.code == 2
   error = capsys.readouterr().err.strip()
   assert error.startswith('error: --names has ') and '\n' not in error

@@ -1,7 +1,7 @@
 """The Keras example's published training logs, and runs' validation curves drawn against them.
 
   python -m tlb_jax.keras_logs --workdirs=/tmp/seed_run --output=docs/seed_curves.png
-  python -m tlb_jax.keras_logs --workdirs=/tmp/a,/tmp/b --names='run a,run b' --output=x.png
+  python -m tlb_jax.keras_logs --workdirs=/tmp/a,/tmp/b --names 'run a' 'run b' --output=x.png
 
 The Keras example "When Recurrence meets Transformers" (keras-io,
 examples/vision/temporal_latent_bottleneck.py, by Aritra Roy Gosthipaty and Suvaditya
@@ -38,8 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--workdirs', required=True, type=_comma_list,
                       help='the runs to draw (their TensorBoard events), comma-separated')
   parser.add_argument('--output', required=True, help='the PNG to write')
-  parser.add_argument('--names', type=_comma_list, default=None,
-                      help="the runs' lines in the legend, comma-separated (default: "
+  parser.add_argument('--names', nargs='+', default=None,
+                      help="the runs' lines in the legend, one argument each (default: "
                            f"'{DEFAULT_NAME}' for one run, 'tlb-jax, WORKDIR' for several)")
   args = parser.parse_args(argv)
   if args.names is None:
