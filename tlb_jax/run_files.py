@@ -101,7 +101,8 @@ def changed_fields(saved: dict[str, Any], config: ml_collections.ConfigDict
                    ) -> dict[str, list[Any]]:
   """{field: [saved value, value in `config`]} for every field of the saved config whose value
   differs. Fields the saved config lacks are left out: they were added to tlb-jax after the run
-  started, in another model's section (a run lacking a field of its own is refused)."""
+  started, in another model's section (a run lacking a field of its own is refused, unless the
+  field shapes only the initial parameters: `config_validation.INITIALIZATION_FIELDS`)."""
   old = config_validation.dotted_fields(saved)
   new = config_validation.dotted_fields(json.loads(json.dumps(config.to_dict())))
   return {field: [old[field], value] for field, value in sorted(new.items())
