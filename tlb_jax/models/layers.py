@@ -53,7 +53,7 @@ def keras_attention_kernel_init(kernel_shape: tuple[int, ...], keras_fans: str
   flattened to 2-D), taking its fans from `kernel_shape`.
   """
   if keras_fans == 'einsum':
-    return nn.initializers.glorot_uniform()
+    return kernel_init(keras_init=True)
   if keras_fans not in KERAS_FANS:
     raise ValueError(f'keras_fans must be one of {KERAS_FANS}, got {keras_fans!r}')
   field = math.prod(kernel_shape[:-2])
@@ -198,7 +198,7 @@ class MultiHeadAttention(nn.Module):
   dtype: Dtype = jnp.float32
   fused: bool = True
   keras_init: bool = False
-  keras_fans: str = 'einsum'
+  keras_fans: str = 'conv'
 
   @nn.compact
   def __call__(self, queries, context=None, values=None, *, deterministic: bool):
@@ -299,7 +299,7 @@ class AttentionBlock(nn.Module):
   qkv_norms: bool = False
   approximate_gelu: bool = True
   keras_init: bool = False
-  keras_fans: str = 'einsum'
+  keras_fans: str = 'conv'
 
   @nn.compact
   def __call__(self, x, context=None, *, deterministic: bool, stream: str = 'fast'):
