@@ -330,13 +330,16 @@ def test_fields_are_those_of_the_default_config():
   assert config_validation.missing_fields(config) == []
 
 
-def test_a_saved_config_lacking_only_initialization_fields_misses_nothing():
-  """A run saved before tlb.keras_fans existed loads: the field shapes initial parameters only."""
+def test_a_saved_config_lacking_keras_fans_reads_as_the_rule_older_runs_used():
+  """A run saved before tlb.keras_fans existed initialized its attention as 'einsum' does; a
+  saved value is kept, and the filled config misses no field."""
   config = default.get_config().to_dict()
   del config['tlb']['keras_fans']
-  assert config_validation.missing_fields(config) == []
-  del config['tlb']['variant']
-  assert config_validation.missing_fields(config) == ['tlb.variant']
+  filled = config_validation.with_initialization_fields(config)
+  assert filled['tlb']['keras_fans'] == 'einsum'
+  assert config_validation.missing_fields(filled) == []
+  config['tlb']['keras_fans'] = 'conv'
+  assert config_validation.with_initialization_fields(config)['tlb']['keras_fans'] == 'conv'
 
 
 def test_config_error_is_a_value_error():

@@ -25,7 +25,7 @@ from test_main import HAS_REAL_DATA, REAL_DATA_DIR, REPO_ROOT, _describe, _main
 from test_train import (MOCK_EXAMPLES, _assert_trees_equal, _batch, _checkpoint_metadata,
                         _first, _restore_raw, _resume_config, _run_steps, tiny)  # pylint: disable=unused-import
 from tfds_mock import mock_cifar
-from tlb_jax import checkpointing, train, train_state
+from tlb_jax import checkpointing, run_files, train, train_state
 from tlb_jax.models import create_model
 
 NUM_CLASSES = 10
@@ -215,6 +215,24 @@ def test_a_workdir_whose_config_lacks_current_fields_is_refused_naming_them(tmp_
   message = str(e.value)
   assert 'crop_padding, tlb.tokenizer' in message and '--fresh' in message
   assert '\n' not in message
+
+
+@pytest.mark.parametrize('keras_fans', ['conv', 'einsum'])
+def test_a_workdir_saved_before_keras_fans_existed_resumes_with_either_rule(tmp_path_factory,
+                                                                           tmp_path, keras_fans):
+  """tlb.keras_fans shapes only the initial parameters: a run whose config.json lacks it (made
+  by an older tlb-jax) is compatible with both rules and reads as the rule it used, 'einsum'."""
+  run = str(tmp_path / 'old_run')
+  shutil.copytree(trained_run.trained_workdir(tmp_path_factory), run)
+  with open(os.path.join(run, 'config.json')) as f:
+    saved = json.load(f)
+  del saved['tlb']['keras_fans']
+  with open(os.path.join(run, 'config.json'), 'w') as f:
+    json.dump(saved, f)
+  config = trained_run.config()
+  config.tlb.keras_fans = keras_fans
+  checkpointing.check_compatible(run, config)
+  assert run_files.load_config(run).tlb.keras_fans == 'einsum'
 
 
 def test_fresh_moves_checkpoints_and_results_aside_and_trains_from_step_0(workdir):

@@ -60,20 +60,29 @@ def model_fields(model: str) -> tuple[str, ...]:
                if f.name not in ('num_classes', 'dtype', 'parent', 'name'))
 
 
-# Model fields that shape only the initial parameters: a saved run lacking one (made before it
-# existed) still loads and resumes, its parameters coming from its checkpoints.
-INITIALIZATION_FIELDS = {'tlb': ('keras_fans',)}
+# Model fields that shape only the initial parameters, with the value that runs made before the
+# field existed used: a saved run lacking one still loads and resumes (its parameters come from
+# its checkpoints), and reads as having that value.
+INITIALIZATION_FIELDS = {'tlb': {'keras_fans': 'einsum'}}
+
+
+def with_initialization_fields(saved: dict) -> dict:
+  """`saved` (a config as a dict) with each `INITIALIZATION_FIELDS` field its model's section
+  lacks set to the value runs made before that field existed used."""
+  section = saved.get(saved.get('model'))
+  if not isinstance(section, dict):
+    return saved
+  legacy = INITIALIZATION_FIELDS.get(saved['model'], {})
+  return {**saved, saved['model']: {**legacy, **section}}
 
 
 def missing_fields(saved: dict) -> list[str]:
-  """The fields of the current configs that `saved` (a config as a dict) lacks, other than
-  `INITIALIZATION_FIELDS`."""
+  """The fields of the current configs that `saved` (a config as a dict) lacks."""
   missing = [f for f in FIELDS if f not in saved]
   model = saved.get('model')
   if model in _models():
     section = saved.get(model, {})
-    missing += [f'{model}.{f}' for f in model_fields(model)
-                if f not in section and f not in INITIALIZATION_FIELDS.get(model, ())]
+    missing += [f'{model}.{f}' for f in model_fields(model) if f not in section]
   return missing
 
 

@@ -102,7 +102,7 @@ def changed_fields(saved: dict[str, Any], config: ml_collections.ConfigDict
   """{field: [saved value, value in `config`]} for every field of the saved config whose value
   differs. Fields the saved config lacks are left out: they were added to tlb-jax after the run
   started, in another model's section (a run lacking a field of its own is refused, unless the
-  field shapes only the initial parameters: `config_validation.INITIALIZATION_FIELDS`)."""
+  field shapes only the initial parameters: `saved_config` then sets it)."""
   old = config_validation.dotted_fields(saved)
   new = config_validation.dotted_fields(json.loads(json.dumps(config.to_dict())))
   return {field: [old[field], value] for field, value in sorted(new.items())
@@ -143,12 +143,14 @@ def record_config(workdir: str, config: ml_collections.ConfigDict, step: int,
 
 def saved_config(workdir: str) -> dict[str, Any] | None:
   """The config the run in `workdir` last trained with (config.json with the changes of
-  config_changes.json applied) as a dict, or None if it has no config.json."""
+  config_changes.json applied, and the initialization fields a run of an older tlb-jax lacks
+  set as it used them) as a dict, or None if it has no config.json."""
   path = os.path.join(workdir, CONFIG)
   if not os.path.exists(path):
     return None
   started = _read_json(workdir, CONFIG, 'the run\'s config')
-  return _with_changes(started, _config_changes(workdir))
+  return config_validation.with_initialization_fields(
+      _with_changes(started, _config_changes(workdir)))
 
 
 def check_current_fields(workdir: str, saved: dict[str, Any]) -> None:
