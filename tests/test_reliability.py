@@ -218,8 +218,8 @@ def test_a_workdir_whose_config_lacks_current_fields_is_refused_naming_them(tmp_
 
 
 @pytest.mark.parametrize('keras_fans', ['conv', 'einsum'])
-def test_a_workdir_saved_before_keras_fans_existed_resumes_with_either_rule(tmp_path_factory,
-                                                                           tmp_path, keras_fans):
+def test_a_workdir_saved_before_keras_fans_existed_is_compatible_with_either_rule(
+    tmp_path_factory, tmp_path, keras_fans):
   """tlb.keras_fans shapes only the initial parameters: a run whose config.json lacks it (made
   by an older tlb-jax) is compatible with both rules and reads as the rule it used, 'einsum'."""
   run = str(tmp_path / 'old_run')
