@@ -19,10 +19,11 @@ from jax.experimental import multihost_utils
 from tlb_jax import config_validation, run_files
 
 
-# Model fields that change no parameter shape, so a run may resume with other values (and the
-# fields that shape only the initial parameters, which a resume restores from its checkpoint:
-# `config_validation.INITIALIZATION_FIELDS`, which a run saved before they existed lacks).
-SHAPE_FREE_MODEL_FIELDS = ('dropout_rate', 'attention_dropout_rate', 'scan_unroll', 'remat')
+# Model fields that change no parameter shape, so a run may resume with other values; those that
+# shape only the initial parameters do not matter once a checkpoint is restored.
+SHAPE_FREE_MODEL_FIELDS = ('dropout_rate', 'attention_dropout_rate', 'scan_unroll', 'remat',
+                           *(field for fields in config_validation.INITIALIZATION_FIELDS.values()
+                             for field in fields))
 # Top-level fields that change parameter or optimizer-state shapes.
 SHAPE_FIELDS = ('model', 'dataset', 'image_size', 'weight_decay_on')
 # After a failed restore, close() waits until its abandoned reads were quiet this long.
@@ -42,10 +43,8 @@ def incompatible_fields(saved: dict, config: ml_collections.ConfigDict) -> list[
     fields.append('grad_clip_norm')  # clipping adds optimizer state
   if 'model' not in fields:
     model, saved_model = new[new['model']], saved[new['model']]
-    shape_free = (SHAPE_FREE_MODEL_FIELDS
-                  + tuple(config_validation.INITIALIZATION_FIELDS.get(new['model'], {})))
     fields += [f'{new["model"]}.{k}' for k, v in model.items()
-               if k not in shape_free and saved_model[k] != v]
+               if k not in SHAPE_FREE_MODEL_FIELDS and saved_model[k] != v]
   return fields
 
 
