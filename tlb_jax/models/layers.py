@@ -70,6 +70,33 @@ def keras_embedding_init(key, shape, dtype=jnp.float32):
   return jax.random.uniform(key, shape, dtype, -0.05, 0.05)
 
 
+def matmul_dot_general(lhs, rhs, dimension_numbers, precision=None,
+                       preferred_element_type=None):
+  """`jax.lax.dot_general` computed as one 2-D matmul where it is a dense layer's contraction.
+
+  lhs (..., K1, ..., Kn) and rhs (K1, ..., Kn, F...), contracting lhs's trailing axes with rhs's
+  leading ones and no batch axes -> (..., F...), as `(M, K) @ (K, F)` between reshapes; any other
+  `dimension_numbers` go to `lax.dot_general` unchanged. The values are `lax.dot_general`'s; the
+  weight gradient is why it exists: differentiated through (B, N, D) inputs, the product
+  contracts two axes, which XLA:CPU runs as a transposing copy and an Eigen matmul; from
+  (B * N, D) it is one plain matmul (1.2x faster training, docs/performance.md). Pass it as
+  `dot_general=` to flax's `Dense` and `DenseGeneral`.
+  """
+  (lhs_contracting, rhs_contracting), (lhs_batch, rhs_batch) = dimension_numbers
+  num_contracting = len(lhs_contracting)
+  free_ndim = lhs.ndim - num_contracting
+  if (lhs_batch or rhs_batch
+      or tuple(lhs_contracting) != tuple(range(free_ndim, lhs.ndim))
+      or tuple(rhs_contracting) != tuple(range(num_contracting))):
+    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                               preferred_element_type=preferred_element_type)
+  contracted = math.prod(lhs.shape[free_ndim:])
+  product = jax.lax.dot_general(
+      lhs.reshape(-1, contracted), rhs.reshape(contracted, -1), (((1,), (0,)), ((), ())),
+      precision=precision, preferred_element_type=preferred_element_type)
+  return product.reshape(lhs.shape[:free_ndim] + rhs.shape[num_contracting:])
+
+
 def resolve_dtype(name: str) -> jnp.dtype:
   """Maps a config dtype name to a jnp dtype; 'auto' is bfloat16 on GPU/TPU, float32 on CPU."""
   if name == 'auto':
@@ -212,7 +239,8 @@ class MultiHeadAttention(nn.Module):
     init = lambda shape: (keras_attention_kernel_init(shape, self.keras_fans) if self.keras_init
                           else kernel_init(False))
     dense = lambda shape, name: nn.DenseGeneral(
-        shape, dtype=self.dtype, kernel_init=init((features, *shape)), name=name)
+        shape, dtype=self.dtype, kernel_init=init((features, *shape)),
+        dot_general=matmul_dot_general, name=name)
     if not self.fused:
       keys = queries if context is None else context
       values = keys if values is None else values
@@ -235,7 +263,7 @@ class MultiHeadAttention(nn.Module):
     out = jnp.einsum('bhqk,bkhd->bqhd', dropped.astype(self.dtype), value)
     out = nn.DenseGeneral(features, axis=(-2, -1), dtype=self.dtype,
                           kernel_init=init((self.num_heads, head_dim, features)),
-                          name='out')(out)
+                          dot_general=matmul_dot_general, name='out')(out)
     return out, weights
 
 
@@ -259,7 +287,8 @@ class MlpBlock(nn.Module):
     """x (B, N, D) -> (B, N, D)."""
     features = x.shape[-1]
     dense = lambda size, name: nn.Dense(size, dtype=self.dtype,
-                                        kernel_init=kernel_init(self.keras_init), name=name)
+                                        kernel_init=kernel_init(self.keras_init),
+                                        dot_general=matmul_dot_general, name=name)
     y = dense(self.mlp_ratio * features, 'hidden')(x)
     y = gelu_tanh(y) if self.approximate_gelu else nn.gelu(y, approximate=False)
     y = dense(features, 'output')(y)
@@ -377,10 +406,45 @@ class Conv3x3(nn.Module):
     kernel = self.param('kernel', nn.initializers.lecun_normal(),
                         (3, 3, channels, self.features))
     neighbourhoods = neighbourhoods_3x3(x.astype(self.dtype), self.stride, self.centre_offset)
-    y = neighbourhoods @ kernel.reshape(9 * channels, self.features).astype(self.dtype)
+    y = matmul_dot_general(neighbourhoods, kernel.reshape(9 * channels, self.features).astype(
+        self.dtype), (((3,), (0,)), ((), ())))
     if self.use_bias:
       y = y + self.param('bias', nn.initializers.zeros, (self.features,)).astype(self.dtype)
     return y
+
+
+class PatchProjection(nn.Module):
+  """A linear projection of each non-overlapping p x p patch, computed as one matmul.
+
+  The function and parameters of `nn.Conv(features, (p, p), strides=(p, p), padding='VALID')`
+  ('kernel' (p, p, C, F), 'bias' (F,)), so runs saved with it restore into this; XLA:CPU runs
+  that convolution's weight gradient several times slower than the matmul's
+  (docs/performance.md).
+
+  Attributes:
+    features: F.
+    patch_size: p.
+    kernel_init: initializer of the (p, p, C, F) kernel, fans counted as for `nn.Conv`.
+  """
+
+  features: int
+  patch_size: int
+  dtype: Dtype = jnp.float32
+  kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init
+
+  @nn.compact
+  def __call__(self, x):
+    """x (B, H, W, C) with p dividing H and W -> (B, H/p, W/p, F)."""
+    p = self.patch_size
+    batch, height, width, channels = x.shape
+    kernel = self.param('kernel', self.kernel_init, (p, p, channels, self.features))
+    bias = self.param('bias', nn.initializers.zeros, (self.features,))
+    # (B, H/p, p, W/p, p, C) -> (B, H/p, W/p, p, p, C): each patch's pixels in the kernel's order.
+    patches = x.reshape(batch, height // p, p, width // p, p, channels).transpose(0, 1, 3, 2, 4, 5)
+    patches = patches.reshape(batch, height // p, width // p, p * p * channels).astype(self.dtype)
+    y = matmul_dot_general(patches, kernel.reshape(p * p * channels, self.features).astype(
+        self.dtype), (((3,), (0,)), ((), ())))
+    return y + bias.astype(self.dtype)
 
 
 class PatchEmbed(nn.Module):
@@ -422,8 +486,8 @@ class PatchEmbed(nn.Module):
       raise ValueError(f'tokenizer {self.tokenizer!r} needs a power-of-two patch_size, got {p}')
     num_stages = p.bit_length() - 1  # resolution halvings of the power-of-two tokenizers
     if self.tokenizer == 'linear':
-      x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding='VALID', dtype=self.dtype,
-                  kernel_init=kernel_init(self.keras_init), name='projection')(x)
+      x = PatchProjection(self.embed_dim, p, dtype=self.dtype,
+                          kernel_init=kernel_init(self.keras_init), name='projection')(x)
     elif self.tokenizer == 'conv':
       for stage in range(num_stages):
         # No bias: the position embedding and LayerNorm that follow supply the offsets.
@@ -436,7 +500,8 @@ class PatchEmbed(nn.Module):
         # p*i - 1 ... p*i + p + 1 for p = 4), so attention maps still place it there.
         x = nn.relu(Conv3x3(width, stride=2, centre_offset=int(stage == num_stages - 1),
                             dtype=self.dtype, name=f'stem_{stage}')(x))
-      x = nn.Dense(self.embed_dim, dtype=self.dtype, name='projection')(x)
+      x = nn.Dense(self.embed_dim, dtype=self.dtype, dot_general=matmul_dot_general,
+                   name='projection')(x)
     else:
       raise ValueError(f'tokenizer must be one of {TOKENIZERS}, got {self.tokenizer!r}')
     batch, rows, cols, features = x.shape

@@ -1,0 +1,110 @@
+"""The models' linear layers as one 2-D matmul compute what flax's layers compute:
+`layers.matmul_dot_general` what `lax.dot_general` does, `layers.PatchProjection` what a
+patch-sized `nn.Conv` does; the same parameters, outputs and gradients, alone and inside every
+model, so that the recipes' accuracy carries over (`benchmarks/dense_matmul_ab.py` times them)."""
+
+import importlib
+from unittest import mock
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks.dense_matmul_ab import LAYERS, conv_patch_projection
+from tlb_jax.models import create_model, layers
+
+NO_BATCH = ((), ())
+
+
+@pytest.mark.parametrize('lhs_shape, rhs_shape, contracting', [
+    ((3, 5, 8), (8, 6), ((2,), (0,))),                # Dense over (B, N, D)
+    ((3, 5, 8), (8, 3, 2, 4), ((2,), (0,))),          # fused q, k, v projection
+    ((3, 5, 2, 4), (2, 4, 8), ((2, 3), (0, 1))),      # attention output over (H, Dh)
+    ((3, 4, 4, 18), (18, 5), ((3,), (0,))),           # Conv3x3 over neighbourhoods
+    ((7, 8), (8, 6), ((1,), (0,))),                   # already 2-D
+])
+def test_dense_contractions_have_the_outputs_and_gradients_of_lax_dot_general(
+    lhs_shape, rhs_shape, contracting):
+  lhs = jax.random.normal(jax.random.PRNGKey(0), lhs_shape)
+  rhs = jax.random.normal(jax.random.PRNGKey(1), rhs_shape)
+  numbers = (contracting, NO_BATCH)
+  out_shape = jax.eval_shape(lambda: jax.lax.dot_general(lhs, rhs, numbers)).shape
+  weights = jax.random.normal(jax.random.PRNGKey(2), out_shape)
+  loss = lambda dot_general: lambda lhs, rhs: (
+      (dot_general(lhs, rhs, numbers) * weights).sum() + (dot_general(lhs, rhs, numbers)**2).sum())
+  np.testing.assert_allclose(layers.matmul_dot_general(lhs, rhs, numbers),
+                             jax.lax.dot_general(lhs, rhs, numbers), rtol=1e-5, atol=1e-5)
+  got = jax.grad(loss(layers.matmul_dot_general), argnums=(0, 1))(lhs, rhs)
+  want = jax.grad(loss(jax.lax.dot_general), argnums=(0, 1))(lhs, rhs)
+  for got_grad, want_grad in zip(got, want):
+    np.testing.assert_allclose(got_grad, want_grad, rtol=1e-5, atol=1e-4)
+
+
+def test_contractions_of_other_axes_go_to_lax_dot_general_unchanged():
+  lhs = jax.random.normal(jax.random.PRNGKey(0), (4, 3, 5))
+  rhs = jax.random.normal(jax.random.PRNGKey(1), (4, 5, 6))
+  batched = (((2,), (1,)), ((0,), (0,)))       # batch axes: attention's einsums
+  leading = (((0,), (0,)), NO_BATCH)           # lhs's leading axis: a weight gradient
+  for lhs_, rhs_, numbers in ((lhs, rhs, batched), (lhs, rhs[:, 0], leading)):
+    np.testing.assert_array_equal(layers.matmul_dot_general(lhs_, rhs_, numbers),
+                                  jax.lax.dot_general(lhs_, rhs_, numbers))
+
+
+def _small(name):
+  config = importlib.import_module(f'configs.{name}').get_config()
+  section = config[config.model]
+  section.update(embed_dim=16, num_heads=2, mlp_ratio=2)
+  if config.model == 'tlb':
+    section.update(chunk_size=4, num_latents=3)
+  if config.model == 'perceiver':
+    section.update(num_latents=4, head_dim=8)
+  if section.tokenizer == 'linear':
+    section.patch_size = 4
+  return config
+
+
+@pytest.mark.parametrize('patch_size', [2, 4])
+def test_patch_projection_has_the_parameters_outputs_and_gradients_of_nn_conv(patch_size):
+  images = jax.random.uniform(jax.random.PRNGKey(0), (2, 8, 12, 3))
+  ours = layers.PatchProjection(5, patch_size)
+  conv = conv_patch_projection(5, patch_size, kernel_init=nn.linear.default_kernel_init)
+  params = ours.init(jax.random.PRNGKey(1), images)
+  conv_params = conv.init(jax.random.PRNGKey(1), images)
+  jax.tree.map(np.testing.assert_array_equal, params, conv_params)
+  params = jax.tree.map(lambda p: p + 0.1, params)  # a bias other than zeros
+  weights = jax.random.normal(jax.random.PRNGKey(2), (2, 8 // patch_size, 12 // patch_size, 5))
+  loss = lambda module: lambda p, x: (module.apply(p, x) * weights).sum()
+  np.testing.assert_allclose(ours.apply(params, images), conv.apply(params, images), rtol=1e-5,
+                             atol=1e-6)
+  for got, want in zip(jax.tree.leaves(jax.grad(loss(ours), argnums=(0, 1))(params, images)),
+                       jax.tree.leaves(jax.grad(loss(conv), argnums=(0, 1))(params, images))):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('layer', sorted(LAYERS))
+@pytest.mark.parametrize('name', ['cifar10', 'cifar10_seed', 'vit_cifar10',
+                                  'perceiver_cifar100'])
+def test_every_model_has_the_logits_and_gradients_of_flax_layers(name, layer):
+  """In training mode, dropout on: the masks come from the same keys either way."""
+  model = create_model(_small(name), num_classes=10)
+  images = jax.random.uniform(jax.random.PRNGKey(0), (3, 16, 16, 3))
+  labels = jnp.array([1, 4, 7])
+  params = model.init(jax.random.PRNGKey(1), images, train=False)['params']
+  rngs = {'dropout': jax.random.PRNGKey(2)}
+
+  def loss(params):
+    logits = model.apply({'params': params}, images, train=True, rngs=rngs)
+    return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1).mean()
+
+  attribute, flax_version = LAYERS[layer]
+  with mock.patch.object(layers, attribute, wraps=getattr(layers, attribute)) as ours:
+    matmul = jax.value_and_grad(loss)(params)
+  if layer == 'dense' or _small(name)[_small(name).model].tokenizer == 'linear':
+    ours.assert_called()
+  with mock.patch.object(layers, attribute, flax_version):
+    flax_layers = jax.value_and_grad(loss)(params)
+  np.testing.assert_allclose(matmul[0], flax_layers[0], rtol=1e-5)
+  for got, want in zip(jax.tree.leaves(matmul[1]), jax.tree.leaves(flax_layers[1])):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
