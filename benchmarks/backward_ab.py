@@ -8,10 +8,10 @@ the model ships.
   python -m benchmarks.backward_ab --op=gelu_tanh
 
 Both are `tlb_jax.train.train_step` (augmentation included) of the same config, pmapped and
-compiled as `tlb_jax.benchmark` runs it, on one fixed random batch, each with the model's op
-replaced by its version. Each pair times the two back to back (in alternating order),
-the median of `--repeats` calls each, so that the drift of a shared machine's speed falls on
-both; compare the ratios, not figures of other runs.
+compiled as `tlb_jax.benchmark` runs it on the host devices `main.py` would train on, on one
+fixed random batch, each with the model's op replaced by its version. Each pair times the two
+back to back (in alternating order), the median of `--repeats` calls each, so that the drift of
+a shared machine's speed falls on both; compare the ratios, not figures of other runs.
 """
 
 import argparse
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
-from benchmarks.config_ab import NUM_CLASSES, step_ab_parser, time_pairs
+from benchmarks.config_ab import NUM_CLASSES, step_ab_parser, time_pairs, use_trainer_devices
 from tlb_jax import allocator, benchmark, config_validation
 from tlb_jax.models import layers
 
@@ -98,7 +98,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None):
   args = parse_args(argv)
   config = importlib.import_module(f'configs.{args.config}').get_config()
-  config.batch_size = args.batch_size
+  config.batch_size = config.eval_batch_size = args.batch_size
+  use_trainer_devices(config)
   config_validation.validate(config, jax.local_device_count())
   attribute, autodiff_version, hand_written_version = OPS[args.op]
   num_classes = NUM_CLASSES[config.dataset]

@@ -7,9 +7,10 @@ r"""A/B of two settings of a config: the train step's images/s of each, in inter
 A and B are the config (a module of configs/) with their `--a` / `--b` overrides (`field=value`,
 dotted fields, values read as Python literals or else as strings). Each is the pmapped
 `tlb_jax.train.train_step` (augmentation included) that `tlb_jax.benchmark` times, compiled once
-in this process, on one fixed random batch. Each pair times A and B back to back (in
-alternating order), the median of `--repeats` calls each, so that the drift of a shared
-machine's speed falls on both; compare the ratios, not figures of other runs.
+in this process, on one fixed random batch, both on the host devices `main.py` would train A on.
+Each pair times A and B back to back (in alternating order), the median of `--repeats` calls
+each, so that the drift of a shared machine's speed falls on both; compare the ratios, not
+figures of other runs.
 """
 
 import argparse
@@ -19,9 +20,16 @@ import importlib
 import jax
 import numpy as np
 
-from tlb_jax import allocator, benchmark, config_validation
+from tlb_jax import allocator, benchmark, config_validation, host_devices
 
 NUM_CLASSES = {'cifar10': 10, 'cifar100': 100}
+
+
+def use_trainer_devices(config) -> None:
+  """Starts JAX with the host devices `main.py` would train `config` on (one per core unless
+  the batch sizes or `TLB_JAX_CPU_DEVICES` say otherwise); call before any computation."""
+  host_devices.use_one_device_per_core(config.batch_size, config.eval_batch_size,
+                                       config.microbatch_size)
 
 
 def step_ab_parser(module: str, description: str, pairs: int = 3) -> argparse.ArgumentParser:
@@ -91,16 +99,16 @@ def time_pairs(runners: dict, batch_sizes: dict, pairs: int, repeats: int, warmu
 def main(argv=None):
   args = parse_args(argv)
   base = importlib.import_module(f'configs.{args.config}').get_config()
-  base.batch_size = args.batch_size
-  settings = {'A': args.a, 'B': args.b}
+  base.batch_size = base.eval_batch_size = args.batch_size
+  configs = {'A': with_overrides(base, args.a), 'B': with_overrides(base, args.b)}
+  use_trainer_devices(configs['A'])  # both on A's devices
   runners, batch_sizes = {}, {}
-  for name, overrides in settings.items():
-    config = with_overrides(base, overrides)
+  for name, config in configs.items():
     config_validation.validate(config, jax.local_device_count())
     runners[name], _, _ = benchmark.pmapped_steps(config, NUM_CLASSES[config.dataset])
     batch_sizes[name] = config.batch_size
     runners[name]()  # compile both before timing either
-  print(f'configs/{args.config}.py, batch {args.batch_size}, '
+  print(f'configs/{args.config}.py, batch {args.batch_size}, {jax.local_device_count()} devices, '
         f'{allocator.preloaded_allocator()} malloc; train images/s; '
         f"A: {' '.join(args.a) or 'as it is'}; B: {' '.join(args.b) or 'as it is'}")
   time_pairs(runners, batch_sizes, args.pairs, args.repeats, args.warmup)

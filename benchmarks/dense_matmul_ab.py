@@ -24,8 +24,8 @@ from unittest import mock
 import flax.linen as nn
 import jax
 
-from benchmarks.config_ab import NUM_CLASSES, step_ab_parser, time_pairs
-from tlb_jax import allocator, benchmark, config_validation, host_devices
+from benchmarks.config_ab import NUM_CLASSES, step_ab_parser, time_pairs, use_trainer_devices
+from tlb_jax import allocator, benchmark, config_validation
 from tlb_jax.models import layers
 
 
@@ -50,8 +50,7 @@ def main(argv=None):
   args = parse_args(argv)
   config = importlib.import_module(f'configs.{args.config}').get_config()
   config.batch_size = config.eval_batch_size = args.batch_size
-  host_devices.use_one_device_per_core(  # as main.py trains
-      args.batch_size, args.batch_size, config.microbatch_size)
+  use_trainer_devices(config)
   config_validation.validate(config, jax.local_device_count())
   num_classes = NUM_CLASSES[config.dataset]
   attribute, flax_version = LAYERS[args.layer]

@@ -5,7 +5,8 @@ chunks before the chunk scan, and of `TLBWithoutHoisting`, which runs them insid
   python -m benchmarks.hoist_ab --config=cifar10_seed --variant=paper --batch_size=256
 
 Both are `tlb_jax.train.train_step` (augmentation included) of the same config and parameters,
-pmapped as `tlb_jax.benchmark` runs it, on one fixed random batch. Each pair times the two
+pmapped as `tlb_jax.benchmark` runs it on the host devices `main.py` would train on, on one
+fixed random batch. Each pair times the two
 back to back (in alternating order), the median of `--repeats` calls each, so that the drift
 of a shared machine's speed falls on both; compare the ratios, not figures of other runs.
 """
@@ -18,7 +19,7 @@ import jax
 import numpy as np
 from flax import jax_utils
 
-from benchmarks.config_ab import step_ab_parser, time_pairs
+from benchmarks.config_ab import step_ab_parser, time_pairs, use_trainer_devices
 from tlb_jax import allocator, train, train_state
 from tlb_jax.models import create_model
 from tlb_jax.models.tlb import TLB, TLBWithoutHoisting
@@ -62,13 +63,15 @@ def main(argv=None):
   config = importlib.import_module(f'configs.{args.config}').get_config()
   if args.variant:
     config.tlb.variant = args.variant
-  config.batch_size = args.batch_size
+  config.batch_size = config.eval_batch_size = args.batch_size
+  use_trainer_devices(config)
   runners = {'in_scan': train_step_runner(config, TLBWithoutHoisting),
              'hoisted': train_step_runner(config, TLB)}
   for run in runners.values():  # compile both before timing either
     run()
   print(f'{args.config} (variant {config.tlb.variant}), batch {args.batch_size}, '
-        f'{allocator.preloaded_allocator()} malloc; train images/s')
+        f'{jax.local_device_count()} devices, {allocator.preloaded_allocator()} malloc; '
+        'train images/s')
   time_pairs(runners, dict.fromkeys(runners, args.batch_size), args.pairs, args.repeats,
              args.warmup)
 

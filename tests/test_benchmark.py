@@ -96,6 +96,47 @@ def test_self_time_subtracts_the_spans_nested_directly_inside():
                                                   'inner': 1}
 
 
+def test_gaps_between_ops_go_to_the_op_that_ended_last_before_them():
+  """A gap after an Eigen dot is that dot's; gaps inside a span holding nested ones are none."""
+  spans = [(0, 10, 'dot.1'), (15, 20, 'fusion'), (16, 18, 'nested'), (25, 30, 'dot.1'),
+           (30, 31, 'copy'), (40, 41, 'copy')]
+  assert profiling.gaps_between_spans(spans, {'dot.1'}) == {'after an Eigen matmul': 5,
+                                                            'other': 14}
+
+
+def test_idle_time_counts_the_threads_that_run_the_step_only(tmp_path):
+  """A thread busy with ops 8 of its 12 ps counts its gaps; one that starts an op at each end of
+  the trace and waits between them does not."""
+  from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
+  space = xplane_pb2.XSpace()
+  plane = space.planes.add(name='/host:CPU')
+  for metadata_id, name in enumerate(['dot.1', 'add.2'], start=1):
+    plane.event_metadata[metadata_id].name = name
+  for line_name, events in (('worker', [(0, 4, 1), (6, 4, 2), (12, 0, 2)]),
+                            ('client', [(0, 1, 2), (11, 1, 2)])):
+    line = plane.lines.add(name=line_name)
+    for offset, duration, metadata_id in events:
+      line.events.add(offset_ps=offset * 10**9, duration_ps=duration * 10**9,
+                      metadata_id=metadata_id)
+  path = tmp_path / 'trace.xplane.pb'
+  path.write_bytes(space.SerializeToString())
+  hlo = '\n'.join(['ENTRY %main (p: f32[4,4]) -> f32[4,4] {',
+                   '  %dot.1 = f32[4,4] dot(%p, %p), metadata={op_name="jit(f)/dot"}',
+                   '  ROOT %add.2 = f32[4,4] add(%dot.1, %p), metadata={op_name="jit(f)/add"}',
+                   '}'])
+  assert profiling.idle_times_ms(str(path), hlo, num_steps=2) == {
+      'after an Eigen matmul': 1.0, 'other': 1.0}
+
+
+def test_breakdown_adds_the_time_between_ops_as_its_own_phase():
+  hlo = '\n'.join(['ENTRY %main (p: f32[4,4]) -> f32[4,4] {',
+                   '  ROOT %a = f32[4,4] add(%p, %p), metadata={op_name="jit(f)/add"}', '}'])
+  rows = profiling.breakdown({'a': 1.0}, hlo, {'after an Eigen matmul': 3.0})
+  assert [(r['phase'], r['kind'], r['share']) for r in rows] == [
+      (profiling.BETWEEN_OPS, 'after an Eigen matmul', 0.75),
+      ('forward, outside loops', 'other', 0.25)]
+
+
 def test_classify_ops_finds_scan_matmuls_backward_and_dropout_random_bits():
   """In the compiled gradient of a TLB with dropout, some ops are backward matmuls in the chunk
   loop, some forward matmuls in it, and some the dropout's random bits."""

@@ -181,7 +181,9 @@ def loop_throughput(config, num_classes: int, num_steps: int, log_every: int = 5
   by `train.dispatch_steps`, the carry read at every `log_every`-th step while the next step
   runs, and once at the end (which waits for every step). Validation, checkpoints and
   TensorBoard writes are left out. The step's figure is the median of `repeats` calls of the
-  same compiled step on one batch already on the devices, each waited for.
+  same compiled step on one batch already on the devices, each waited for, timed right before
+  the loop (after a warm-up loop) and right after it, the mean of the two: a shared machine's
+  speed drifts over the loop's length by more than the loop's own cost.
   """
   devices = jax.local_device_count()
   model = create_model(config, num_classes)
@@ -206,8 +208,6 @@ def loop_throughput(config, num_classes: int, num_steps: int, log_every: int = 5
     holder['state'], carry = p_loop_step(holder['state'], empty, fixed)
     jax.block_until_ready((holder['state'], carry))
 
-  step_seconds = median_seconds(one_step, repeats, warmup)
-
   def run(state, num_steps):
     carry, pending, step = empty, None, 0
     while step < num_steps:
@@ -226,15 +226,20 @@ def loop_throughput(config, num_classes: int, num_steps: int, log_every: int = 5
     train.fetch(carry)
     return state
 
-  state = run(holder.pop('state'), min(num_steps, log_every))  # a warm pipeline
+  holder['state'] = run(holder.pop('state'), min(num_steps, log_every))  # a warm pipeline
+  step_seconds_before = median_seconds(one_step, repeats, warmup)
   start = time.perf_counter()
-  run(state, num_steps)
+  holder['state'] = run(holder.pop('state'), num_steps)
   loop_seconds = time.perf_counter() - start
+  step_seconds_after = median_seconds(one_step, repeats, warmup=0)
+  step_seconds = (step_seconds_before + step_seconds_after) / 2
   step_images_per_s = config.batch_size / step_seconds
   loop_images_per_s = num_steps * config.batch_size / loop_seconds
   return {'batch_size': config.batch_size, 'steps': num_steps, 'log_every_steps': log_every,
           'step_images_per_s': step_images_per_s, 'loop_images_per_s': loop_images_per_s,
-          'loop_over_step': loop_images_per_s / step_images_per_s}
+          'loop_over_step': loop_images_per_s / step_images_per_s,
+          'step_images_per_s_before_and_after': [config.batch_size / step_seconds_before,
+                                                 config.batch_size / step_seconds_after]}
 
 
 def pmap_scaling(config, num_classes: int, per_device_batch: int, device_counts,
@@ -258,7 +263,9 @@ def pmap_scaling(config, num_classes: int, per_device_batch: int, device_counts,
 def profile_train_step(run_train, train_hlo_text, log_dir: str, num_steps: int) -> list[dict]:
   """Traces `num_steps` warm train steps into `log_dir`; returns `profiling.breakdown` rows."""
   trace = profiling.capture(run_train, num_steps, log_dir)
-  return profiling.breakdown(profiling.self_times_ms(trace, num_steps), train_hlo_text())
+  hlo_text = train_hlo_text()
+  return profiling.breakdown(profiling.self_times_ms(trace, num_steps), hlo_text,
+                             profiling.idle_times_ms(trace, hlo_text, num_steps))
 
 
 def benchmark(config, num_classes: int, repeats: int, warmup: int,

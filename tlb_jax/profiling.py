@@ -10,6 +10,9 @@ is summed over the traced calls and grouped by
          reductions, copies). Ops without source metadata (fusions and copies XLA creates,
          buffer fills) form their own phase.
 
+The threads' time between ops is the phase 'between ops': right after an Eigen matmul (that
+matmul's own work, which its traced span leaves out) or other (waiting).
+
 On CPU, XLA records per-op spans only with `--xla_cpu_enable_xprof_traceme=true` in XLA_FLAGS,
 set before the backend starts (`enable_cpu_op_tracing`). A traced step runs ~1.25x as long as
 an untraced one on this project's CPU, so the shares, not the absolute times, are the result;
@@ -53,21 +56,65 @@ def capture(run_step, num_steps: int, log_dir: str) -> str:
   return paths[-1]
 
 
-def self_times_ms(xplane_path: str, num_steps: int) -> dict[str, float]:
-  """Per-op self time in ms per step: {span name: ms}, runtime spans excluded."""
+def _read_xspace(xplane_path: str):
   # TensorFlow ships the XPlane protobuf; it is already a dependency (TFDS).
   from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
   space = xplane_pb2.XSpace()
   with open(xplane_path, 'rb') as f:
     space.ParseFromString(f.read())
+  return space
+
+
+def self_times_ms(xplane_path: str, num_steps: int) -> dict[str, float]:
+  """Per-op self time in ms per step: {span name: ms}, runtime spans excluded."""
   totals = collections.Counter()
-  for plane in space.planes:
+  for plane in _read_xspace(xplane_path).planes:
     for line in plane.lines:
       totals.update(self_times_of_spans(
           (e.offset_ps, e.duration_ps, plane.event_metadata[e.metadata_id].name)
           for e in line.events))
   return {name: ps / 1e9 / num_steps for name, ps in totals.items()
           if not name.startswith(RUNTIME_SPAN_PREFIXES)}
+
+
+def idle_times_ms(xplane_path: str, hlo_text: str, num_steps: int) -> dict[str, float]:
+  """Per step, summed over the threads that run the step, the time each spends between its
+  first and last op outside any op: {'after an Eigen matmul': ms, 'other': ms}. Threads that
+  run the step are those busy with ops for at least a quarter of that time (the runtime's other
+  threads start a few ops each and would add the whole trace as idle).
+
+  XLA:CPU runs the dots and convolutions it does not hand to YNNPACK with Eigen, whose work goes
+  on after the op's traced span ends: the gap right after such an op is its work, not waiting
+  (making those matmuls cheaper shortened those gaps and the step by as much).
+  """
+  op_names = set(classify_ops(hlo_text))
+  eigen_ops = {name for name, line in _instruction_lines(hlo_text)
+               if re.search(r' (dot|convolution)\(', line)}
+  idle = collections.Counter()
+  for plane in _read_xspace(xplane_path).planes:
+    for line in plane.lines:
+      spans = sorted((e.offset_ps, e.offset_ps + e.duration_ps,
+                      plane.event_metadata[e.metadata_id].name) for e in line.events
+                     if plane.event_metadata[e.metadata_id].name in op_names)
+      gaps = gaps_between_spans(spans, eigen_ops)
+      if spans and sum(gaps.values()) <= 0.75 * (max(end for _, end, _ in spans) - spans[0][0]):
+        idle.update(gaps)
+  return {kind: ps / 1e9 / num_steps for kind, ps in idle.items()}
+
+
+def gaps_between_spans(spans, eigen_ops) -> collections.Counter:
+  """{'after an Eigen matmul' or 'other': summed gaps} of one thread's sorted (start, end, name)
+  op spans, which may nest; a gap belongs to the op that ended last before it."""
+  gaps = collections.Counter()
+  if not spans:
+    return gaps
+  _, covered_until, last = spans[0]
+  for start, end, name in spans[1:]:
+    if start > covered_until:
+      gaps['after an Eigen matmul' if last in eigen_ops else 'other'] += start - covered_until
+    if end >= covered_until:
+      covered_until, last = end, name
+  return gaps
 
 
 def self_times_of_spans(spans) -> collections.Counter:
@@ -90,6 +137,14 @@ def self_times_of_spans(spans) -> collections.Counter:
   return totals
 
 
+def _instruction_lines(hlo_text: str):
+  """(instruction name, its line) of every instruction of compiled HLO text."""
+  for line in hlo_text.splitlines():
+    match = _INSTRUCTION.match(line)
+    if match:
+      yield match.group(1), line
+
+
 def classify_ops(hlo_text: str) -> dict[str, tuple[str, str]]:
   """{instruction name: (phase, kind)} for every instruction of compiled HLO text."""
   matmul_computations = set()
@@ -101,10 +156,7 @@ def classify_ops(hlo_text: str) -> dict[str, tuple[str, str]]:
     elif computation and re.search(r' (dot|convolution)\(', line):
       matmul_computations.add(computation)
   ops = {}
-  for line in hlo_text.splitlines():
-    match = _INSTRUCTION.match(line)
-    if not match:
-      continue
+  for name, line in _instruction_lines(hlo_text):
     source = re.search(r'op_name="([^"]*)"', line)
     source = source.group(1) if source else ''
     called = re.search(r'calls=%?([\w.\-]+)', line)
@@ -120,16 +172,26 @@ def classify_ops(hlo_text: str) -> dict[str, tuple[str, str]]:
     else:
       phase = 'backward' if 'transpose(' in source else 'forward'
       phase += ', in a loop' if '/while/' in source else ', outside loops'
-    ops.setdefault(match.group(1), (phase, kind))
+    ops.setdefault(name, (phase, kind))
   return ops
 
 
-def breakdown(op_ms: dict[str, float], hlo_text: str) -> list[dict]:
-  """Rows {'phase', 'kind', 'ms', 'share'}, largest first; ops absent from the HLO are 'other'."""
+BETWEEN_OPS = 'between ops'
+
+
+def breakdown(op_ms: dict[str, float], hlo_text: str,
+              idle_ms: dict[str, float] | None = None) -> list[dict]:
+  """Rows {'phase', 'kind', 'ms', 'share'}, largest first; ops absent from the HLO are 'other'.
+
+  `idle_ms` (`idle_times_ms`) adds the threads' time between ops as phase `BETWEEN_OPS`, so that
+  the shares are of all the threads' time from their first op to their last.
+  """
   classes = classify_ops(hlo_text)
   groups = collections.Counter()
   for name, ms in op_ms.items():
     groups[classes.get(name, ('not in the step\'s HLO', 'other'))] += ms
+  for kind, ms in (idle_ms or {}).items():
+    groups[(BETWEEN_OPS, kind)] += ms
   total = sum(groups.values()) or 1.0
   return [{'phase': phase, 'kind': kind, 'ms': ms, 'share': ms / total}
           for (phase, kind), ms in groups.most_common()]
