@@ -1,21 +1,23 @@
-"""A/B of how the models' linear layers run their matmuls: train-step images/s with flax's layers
-(A) and with the model's own, which compute the same function as one 2-D matmul (B, what the
-model ships). The difference is in the weight gradients: XLA:CPU runs A's as a transposing copy
-and an Eigen matmul (dense layers over (B, N, D)) or as a slow convolution (the patch
-projection), and B's as one matmul that its YNNPACK library takes.
+"""A/B of how the models' linear layers run their matmuls: train-step images/s with a baseline
+(A) and with what the model ships (B), the same function either way; `LAYERS` lists them.
 
   python -m benchmarks.dense_matmul_ab                      # configs/cifar10.py, batch 128
   python -m benchmarks.dense_matmul_ab --config=cifar10_seed --batch_size=256
   python -m benchmarks.dense_matmul_ab --config=cifar10_seed --batch_size=256 \\
       --layer=patch_projection
 
---layer=dense: `lax.dot_general` (flax's default) against `layers.matmul_dot_general` in every
-Dense, DenseGeneral and Conv3x3. --layer=patch_projection: `nn.Conv` against
-`layers.PatchProjection` for the 'linear' tokenizer (the seed's, ViT's and the Perceiver's).
+--layer=dense: flax's `lax.dot_general` over (B, N, D) against `layers.matmul_dot_general`, one
+2-D matmul over (B * N, D), in every Dense, DenseGeneral and Conv3x3. XLA:CPU runs A's weight
+gradients as a transposing copy and an Eigen matmul, B's as one matmul.
+--layer=patch_projection: `nn.Conv` against `layers.PatchProjection` for the 'linear' tokenizer
+(the seed's, ViT's and the Perceiver's); A's weight gradient is a slow convolution.
+--layer=transposed_weight_gradient: the 2-D matmul differentiated by JAX against
+`layers.matmul_with_transposed_weight_gradient`, whose narrow weight gradients (the MLP's
+(256, 64)) are computed as their wide transpose.
 
 Both are `tlb_jax.benchmark`'s pmapped train step (augmentation included) of the same config on
-one fixed random batch, compiled in this process, on the devices the trainer would use. Each
-pair times the two back to back, in alternating order (`time_pairs`).
+one fixed random batch, compiled in this process, on the host devices `main.py` would train on.
+Each pair times the two back to back, in alternating order (`time_pairs`).
 """
 
 import importlib
@@ -35,9 +37,11 @@ def conv_patch_projection(features, patch_size, dtype=None, kernel_init=None, na
                  padding='VALID', dtype=dtype, kernel_init=kernel_init, name=name)
 
 
-# --layer -> (attribute of tlb_jax.models.layers, flax's version of it).
+# --layer -> (attribute of tlb_jax.models.layers, the baseline A put in its place).
 LAYERS = {'dense': ('matmul_dot_general', jax.lax.dot_general),
-          'patch_projection': ('PatchProjection', conv_patch_projection)}
+          'patch_projection': ('PatchProjection', conv_patch_projection),
+          'transposed_weight_gradient': ('matmul_with_transposed_weight_gradient',
+                                         lambda x, w: x @ w)}
 
 
 def parse_args(argv=None):
@@ -53,11 +57,11 @@ def main(argv=None):
   use_trainer_devices(config)
   config_validation.validate(config, jax.local_device_count())
   num_classes = NUM_CLASSES[config.dataset]
-  attribute, flax_version = LAYERS[args.layer]
-  with mock.patch.object(layers, attribute, flax_version):
-    flax_layers, _, _ = benchmark.pmapped_steps(config, num_classes)  # compiles here
-  ours, _, _ = benchmark.pmapped_steps(config, num_classes)
-  runners = {'flax': flax_layers, 'matmul': ours}
+  attribute, baseline = LAYERS[args.layer]
+  with mock.patch.object(layers, attribute, baseline):
+    baseline_step, _, _ = benchmark.pmapped_steps(config, num_classes)  # compiles here
+  shipped_step, _, _ = benchmark.pmapped_steps(config, num_classes)
+  runners = {'baseline': baseline_step, 'shipped': shipped_step}
   print(f'configs/{args.config}.py, batch {args.batch_size}, {jax.local_device_count()} '
         f'devices, {allocator.preloaded_allocator()} malloc; --layer={args.layer}; '
         'train images/s:', flush=True)

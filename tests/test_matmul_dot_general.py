@@ -1,7 +1,8 @@
 """The models' linear layers as one 2-D matmul compute what flax's layers compute:
 `layers.matmul_dot_general` what `lax.dot_general` does, `layers.PatchProjection` what a
-patch-sized `nn.Conv` does; the same parameters, outputs and gradients, alone and inside every
-model, so that the recipes' accuracy carries over (`benchmarks/dense_matmul_ab.py` times them)."""
+patch-sized `nn.Conv` does, `layers.matmul_with_transposed_weight_gradient` what `x @ w` does;
+the same parameters, outputs and gradients, alone and inside every model, so that the recipes'
+accuracy carries over (`benchmarks/dense_matmul_ab.py` times them)."""
 
 import importlib
 from unittest import mock
@@ -40,6 +41,19 @@ def test_dense_contractions_have_the_outputs_and_gradients_of_lax_dot_general(
   want = jax.grad(loss(jax.lax.dot_general), argnums=(0, 1))(lhs, rhs)
   for got_grad, want_grad in zip(got, want):
     np.testing.assert_allclose(got_grad, want_grad, rtol=1e-5, atol=1e-4)
+
+
+def test_matmul_with_transposed_weight_gradient_has_the_gradients_of_the_matmul():
+  x = jax.random.normal(jax.random.PRNGKey(0), (9, 8))
+  w = jax.random.normal(jax.random.PRNGKey(1), (8, 3))
+  weights = jax.random.normal(jax.random.PRNGKey(2), (9, 3))
+  loss = lambda matmul: lambda x, w: (matmul(x, w) * weights).sum() + (matmul(x, w)**2).sum()
+  np.testing.assert_allclose(layers.matmul_with_transposed_weight_gradient(x, w), x @ w,
+                             rtol=1e-6)
+  got = jax.grad(loss(layers.matmul_with_transposed_weight_gradient), argnums=(0, 1))(x, w)
+  want = jax.grad(loss(lambda x, w: x @ w), argnums=(0, 1))(x, w)
+  for got_grad, want_grad in zip(got, want):
+    np.testing.assert_allclose(got_grad, want_grad, rtol=1e-5, atol=1e-5)
 
 
 def test_contractions_of_other_axes_go_to_lax_dot_general_unchanged():
@@ -86,7 +100,7 @@ def test_patch_projection_has_the_parameters_outputs_and_gradients_of_nn_conv(pa
 @pytest.mark.parametrize('layer', sorted(LAYERS))
 @pytest.mark.parametrize('name', ['cifar10', 'cifar10_seed', 'vit_cifar10',
                                   'perceiver_cifar100'])
-def test_every_model_has_the_logits_and_gradients_of_flax_layers(name, layer):
+def test_every_model_has_the_logits_and_gradients_of_the_baseline_layers(name, layer):
   """In training mode, dropout on: the masks come from the same keys either way."""
   model = create_model(_small(name), num_classes=10)
   images = jax.random.uniform(jax.random.PRNGKey(0), (3, 16, 16, 3))
@@ -98,13 +112,13 @@ def test_every_model_has_the_logits_and_gradients_of_flax_layers(name, layer):
     logits = model.apply({'params': params}, images, train=True, rngs=rngs)
     return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1).mean()
 
-  attribute, flax_version = LAYERS[layer]
+  attribute, baseline = LAYERS[layer]
   with mock.patch.object(layers, attribute, wraps=getattr(layers, attribute)) as ours:
-    matmul = jax.value_and_grad(loss)(params)
-  if layer == 'dense' or _small(name)[_small(name).model].tokenizer == 'linear':
+    shipped = jax.value_and_grad(loss)(params)
+  if layer != 'patch_projection' or _small(name)[_small(name).model].tokenizer == 'linear':
     ours.assert_called()
-  with mock.patch.object(layers, attribute, flax_version):
-    flax_layers = jax.value_and_grad(loss)(params)
-  np.testing.assert_allclose(matmul[0], flax_layers[0], rtol=1e-5)
-  for got, want in zip(jax.tree.leaves(matmul[1]), jax.tree.leaves(flax_layers[1])):
+  with mock.patch.object(layers, attribute, baseline):
+    reference = jax.value_and_grad(loss)(params)
+  np.testing.assert_allclose(shipped[0], reference[0], rtol=1e-5)
+  for got, want in zip(jax.tree.leaves(shipped[1]), jax.tree.leaves(reference[1])):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
