@@ -29,6 +29,7 @@ import jax
 CPU_OP_TRACING_FLAG = '--xla_cpu_enable_xprof_traceme=true'
 # Spans of the runtime itself (executor, thread pool, Python), not of HLO ops.
 RUNTIME_SPAN_PREFIXES = ('ThunkExecutor', 'SlinkyThreadPool', '$', 'Pjit', 'PjRt', 'TfrtCpu')
+BETWEEN_OPS = 'between ops'  # the breakdown's phase of the threads' time between ops
 _INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = .*$')
 _COMPUTATION = re.compile(r'^(?:ENTRY )?%?([\w.\-]+) \(.*\{\s*$')
 
@@ -174,9 +175,6 @@ def classify_ops(hlo_text: str) -> dict[str, tuple[str, str]]:
       phase += ', in a loop' if '/while/' in source else ', outside loops'
     ops.setdefault(name, (phase, kind))
   return ops
-
-
-BETWEEN_OPS = 'between ops'
 
 
 def breakdown(op_ms: dict[str, float], hlo_text: str,
