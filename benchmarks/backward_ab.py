@@ -16,8 +16,6 @@ a shared machine's speed falls on both; compare the ratios, not figures of other
 
 import argparse
 import functools
-import importlib
-from unittest import mock
 
 import flax.linen as nn
 import jax
@@ -25,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
-from benchmarks.config_ab import NUM_CLASSES, step_ab_parser, time_pairs, use_trainer_devices
-from tlb_jax import allocator, benchmark, config_validation
+from benchmarks.config_ab import step_ab_parser, time_layer_versions
+from tlb_jax import allocator
 from tlb_jax.models import layers
 
 
@@ -97,21 +95,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None):
   args = parse_args(argv)
-  config = importlib.import_module(f'configs.{args.config}').get_config()
-  config.batch_size = config.eval_batch_size = args.batch_size
-  use_trainer_devices(config)
-  config_validation.validate(config, jax.local_device_count())
   attribute, autodiff_version, hand_written_version = OPS[args.op]
-  num_classes = NUM_CLASSES[config.dataset]
-  with mock.patch.object(layers, attribute, autodiff_version):
-    autodiff, _, _ = benchmark.pmapped_steps(config, num_classes)  # compiles here
-  with mock.patch.object(layers, attribute, hand_written_version):
-    hand_written, _, _ = benchmark.pmapped_steps(config, num_classes)
-  runners = {'autodiff': autodiff, 'hand_written': hand_written}  # both compiled: time them
-  print(f'configs/{args.config}.py, batch {args.batch_size}, '
-        f'{allocator.preloaded_allocator()} malloc; train images/s; op {args.op}')
-  time_pairs(runners, dict.fromkeys(runners, args.batch_size), args.pairs, args.repeats,
-             args.warmup)
+  time_layer_versions(args, attribute, {'autodiff': autodiff_version,
+                                        'hand_written': hand_written_version}, f'op {args.op}')
 
 
 if __name__ == '__main__':

@@ -16,11 +16,13 @@ figures of other runs.
 import argparse
 import ast
 import importlib
+from unittest import mock
 
 import jax
 import numpy as np
 
 from tlb_jax import allocator, benchmark, config_validation, host_devices
+from tlb_jax.models import layers
 
 NUM_CLASSES = {'cifar10': 10, 'cifar100': 100}
 
@@ -30,6 +32,27 @@ def use_trainer_devices(config) -> None:
   the batch sizes or `TLB_JAX_CPU_DEVICES` say otherwise); call before any computation."""
   host_devices.use_one_device_per_core(config.batch_size, config.eval_batch_size,
                                        config.microbatch_size)
+
+
+def time_layer_versions(args: argparse.Namespace, attribute: str, versions: dict,
+                        description: str) -> None:
+  """Times the train step of `configs/<args.config>` at `args.batch_size` with
+  `tlb_jax.models.layers.<attribute>` replaced by each of `versions` ({name: replacement}, the
+  baseline first), in interleaved pairs (`time_pairs`), on the trainer's host devices; each
+  step is compiled before any is timed. `description` goes into the printed header."""
+  config = importlib.import_module(f'configs.{args.config}').get_config()
+  config.batch_size = config.eval_batch_size = args.batch_size
+  use_trainer_devices(config)
+  config_validation.validate(config, jax.local_device_count())
+  runners = {}
+  for name, version in versions.items():
+    with mock.patch.object(layers, attribute, version):
+      runners[name], _, _ = benchmark.pmapped_steps(config, NUM_CLASSES[config.dataset])
+  print(f'configs/{args.config}.py, batch {args.batch_size}, {jax.local_device_count()} '
+        f'devices, {allocator.preloaded_allocator()} malloc; {description}; train images/s:',
+        flush=True)
+  time_pairs(runners, dict.fromkeys(runners, args.batch_size), args.pairs, args.repeats,
+             args.warmup)
 
 
 def step_ab_parser(module: str, description: str, pairs: int = 3) -> argparse.ArgumentParser:

@@ -20,14 +20,11 @@ one fixed random batch, compiled in this process, on the host devices `main.py` 
 Each pair times the two back to back, in alternating order (`time_pairs`).
 """
 
-import importlib
-from unittest import mock
-
 import flax.linen as nn
 import jax
 
-from benchmarks.config_ab import NUM_CLASSES, step_ab_parser, time_pairs, use_trainer_devices
-from tlb_jax import allocator, benchmark, config_validation
+from benchmarks.config_ab import step_ab_parser, time_layer_versions
+from tlb_jax import allocator
 from tlb_jax.models import layers
 
 
@@ -52,21 +49,10 @@ def parse_args(argv=None):
 
 def main(argv=None):
   args = parse_args(argv)
-  config = importlib.import_module(f'configs.{args.config}').get_config()
-  config.batch_size = config.eval_batch_size = args.batch_size
-  use_trainer_devices(config)
-  config_validation.validate(config, jax.local_device_count())
-  num_classes = NUM_CLASSES[config.dataset]
   attribute, baseline = LAYERS[args.layer]
-  with mock.patch.object(layers, attribute, baseline):
-    baseline_step, _, _ = benchmark.pmapped_steps(config, num_classes)  # compiles here
-  shipped_step, _, _ = benchmark.pmapped_steps(config, num_classes)
-  runners = {'baseline': baseline_step, 'shipped': shipped_step}
-  print(f'configs/{args.config}.py, batch {args.batch_size}, {jax.local_device_count()} '
-        f'devices, {allocator.preloaded_allocator()} malloc; --layer={args.layer}; '
-        'train images/s:', flush=True)
-  time_pairs(runners, dict.fromkeys(runners, args.batch_size), args.pairs, args.repeats,
-             args.warmup)
+  time_layer_versions(args, attribute, {'baseline': baseline,
+                                        'shipped': getattr(layers, attribute)},
+                      f'--layer={args.layer}')
 
 
 if __name__ == '__main__':
