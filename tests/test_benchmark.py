@@ -124,7 +124,7 @@ def test_idle_time_counts_the_threads_that_run_the_step_only(tmp_path):
                    '  %dot.1 = f32[4,4] dot(%p, %p), metadata={op_name="jit(f)/dot"}',
                    '  ROOT %add.2 = f32[4,4] add(%dot.1, %p), metadata={op_name="jit(f)/add"}',
                    '}'])
-  assert profiling.idle_times_ms(str(path), hlo, num_steps=2) == {
+  assert profiling.idle_times_ms(profiling.read_trace(str(path)), hlo, num_steps=2) == {
       'after an Eigen matmul': 1.0, 'other': 1.0}
 
 

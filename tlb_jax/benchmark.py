@@ -262,7 +262,7 @@ def pmap_scaling(config, num_classes: int, per_device_batch: int, device_counts,
 
 def profile_train_step(run_train, train_hlo_text, log_dir: str, num_steps: int) -> list[dict]:
   """Traces `num_steps` warm train steps into `log_dir`; returns `profiling.breakdown` rows."""
-  trace = profiling.capture(run_train, num_steps, log_dir)
+  trace = profiling.read_trace(profiling.capture(run_train, num_steps, log_dir))
   hlo_text = train_hlo_text()
   return profiling.breakdown(profiling.self_times_ms(trace, num_steps), hlo_text,
                              profiling.idle_times_ms(trace, hlo_text, num_steps))

@@ -57,7 +57,9 @@ def capture(run_step, num_steps: int, log_dir: str) -> str:
   return paths[-1]
 
 
-def _read_xspace(xplane_path: str):
+def read_trace(xplane_path: str):
+  """The XSpace protobuf of a `.xplane.pb` trace (`capture`'s), for `self_times_ms` and
+  `idle_times_ms`."""
   # TensorFlow ships the XPlane protobuf; it is already a dependency (TFDS).
   from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
   space = xplane_pb2.XSpace()
@@ -66,10 +68,11 @@ def _read_xspace(xplane_path: str):
   return space
 
 
-def self_times_ms(xplane_path: str, num_steps: int) -> dict[str, float]:
-  """Per-op self time in ms per step: {span name: ms}, runtime spans excluded."""
+def self_times_ms(trace, num_steps: int) -> dict[str, float]:
+  """Per-op self time in ms per step of a `read_trace` XSpace: {span name: ms}, runtime spans
+  excluded."""
   totals = collections.Counter()
-  for plane in _read_xspace(xplane_path).planes:
+  for plane in trace.planes:
     for line in plane.lines:
       totals.update(self_times_of_spans(
           (e.offset_ps, e.duration_ps, plane.event_metadata[e.metadata_id].name)
@@ -78,11 +81,12 @@ def self_times_ms(xplane_path: str, num_steps: int) -> dict[str, float]:
           if not name.startswith(RUNTIME_SPAN_PREFIXES)}
 
 
-def idle_times_ms(xplane_path: str, hlo_text: str, num_steps: int) -> dict[str, float]:
-  """Per step, summed over the threads that run the step, the time each spends between its
-  first and last op outside any op: {'after an Eigen matmul': ms, 'other': ms}. Threads that
-  run the step are those busy with ops for at least a quarter of that time (the runtime's other
-  threads start a few ops each and would add the whole trace as idle).
+def idle_times_ms(trace, hlo_text: str, num_steps: int) -> dict[str, float]:
+  """Per step of a `read_trace` XSpace, summed over the threads that run the step, the time
+  each spends between its first and last op outside any op: {'after an Eigen matmul': ms,
+  'other': ms}. Threads that run the step are those busy with ops for at least a quarter of
+  that time (the runtime's other threads start a few ops each and would add the whole trace as
+  idle).
 
   XLA:CPU runs the dots and convolutions it does not hand to YNNPACK with Eigen, whose work goes
   on after the op's traced span ends: the gap right after such an op is its work, not waiting
@@ -92,7 +96,7 @@ def idle_times_ms(xplane_path: str, hlo_text: str, num_steps: int) -> dict[str, 
   eigen_ops = {name for name, line in _instruction_lines(hlo_text)
                if re.search(r' (dot|convolution)\(', line)}
   idle = collections.Counter()
-  for plane in _read_xspace(xplane_path).planes:
+  for plane in trace.planes:
     for line in plane.lines:
       spans = sorted((e.offset_ps, e.offset_ps + e.duration_ps,
                       plane.event_metadata[e.metadata_id].name) for e in line.events
