@@ -23,14 +23,26 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
-from benchmarks.config_ab import step_ab_parser, time_layer_versions
+from benchmarks.config_ab import layer_ab_parser, time_layer_versions
 from tlb_jax import allocator
 from tlb_jax.models import layers
 
 
+class FlaxLayerNorm(layers.LayerNorm):
+  """`layers.LayerNorm` (its parameters and `affine`) computed by flax's `nn.LayerNorm`, which
+  JAX differentiates step by step."""
+
+  def __call__(self, x):
+    """x (..., D) -> (..., D) in `dtype`."""
+    scale, bias = self.affine(x.shape[-1])
+    # parent=None: a detached module, applied as a function of these parameters.
+    return nn.LayerNorm(epsilon=self.epsilon, dtype=self.dtype, parent=None).apply(
+        {'params': {'scale': scale, 'bias': bias}}, x)
+
+
 def flax_layer_norm(epsilon=layers.LAYER_NORM_EPSILON, dtype=None, name=None):
-  """`layers.LayerNorm`'s signature, built as flax's `nn.LayerNorm` (autodiff backward)."""
-  return nn.LayerNorm(epsilon=epsilon, dtype=dtype, name=name)
+  """`layers.LayerNorm`'s signature, built as `FlaxLayerNorm` (autodiff backward)."""
+  return FlaxLayerNorm(epsilon=epsilon, dtype=dtype, name=name)
 
 
 # Bound here: main patches `layers.softmax` with `hand_written_softmax`, which calls this.
@@ -88,7 +100,7 @@ OPS = {'layer_norm': ('LayerNorm', flax_layer_norm, layers.LayerNorm),
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  parser = step_ab_parser('backward_ab', __doc__)
+  parser = layer_ab_parser('backward_ab', __doc__)
   parser.add_argument('--op', choices=sorted(OPS), required=True)
   return parser.parse_args(argv)
 

@@ -39,18 +39,21 @@ def time_layer_versions(args: argparse.Namespace, attribute: str, versions: dict
   """Times the train step of `configs/<args.config>` at `args.batch_size` with
   `tlb_jax.models.layers.<attribute>` replaced by each of `versions` ({name: replacement}, the
   baseline first), in interleaved pairs (`time_pairs`), on the trainer's host devices; each
-  step is compiled before any is timed. `description` goes into the printed header."""
+  step is compiled before any is timed. `description` goes into the printed header. `args`
+  from `layer_ab_parser`: its `--set` overrides apply to every version."""
   config = importlib.import_module(f'configs.{args.config}').get_config()
   config.batch_size = config.eval_batch_size = args.batch_size
+  config = with_overrides(config, args.set)
   use_trainer_devices(config)
   config_validation.validate(config, jax.local_device_count())
   runners = {}
   for name, version in versions.items():
     with mock.patch.object(layers, attribute, version):
       runners[name], _, _ = benchmark.pmapped_steps(config, NUM_CLASSES[config.dataset])
-  print(f'configs/{args.config}.py, batch {args.batch_size}, {jax.local_device_count()} '
-        f'devices, {allocator.preloaded_allocator()} malloc; {description}; train images/s:',
-        flush=True)
+  overrides = ''.join(f' {override}' for override in args.set)
+  print(f'configs/{args.config}.py{overrides}, batch {args.batch_size}, '
+        f'{jax.local_device_count()} devices, {allocator.preloaded_allocator()} malloc; '
+        f'{description}; train images/s:', flush=True)
   time_pairs(runners, dict.fromkeys(runners, args.batch_size), args.pairs, args.repeats,
              args.warmup)
 
@@ -66,6 +69,31 @@ def step_ab_parser(module: str, description: str, pairs: int = 3) -> argparse.Ar
   parser.add_argument('--repeats', type=int, default=10, help='timed calls per measurement')
   parser.add_argument('--warmup', type=int, default=2, help='untimed calls before the first')
   return parser
+
+
+def layer_ab_parser(module: str, description: str) -> argparse.ArgumentParser:
+  """`step_ab_parser` and `--set`, overrides of the config for both versions of a layer
+  (`time_layer_versions`)."""
+  parser = step_ab_parser(module, description)
+  parser.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
+                      help='an override of the config for both versions, as in config_ab '
+                      '(repeat the flag for several)')
+  return parser
+
+
+def layer_versions_main(module: str, description: str, option: str, versions: dict,
+                        argv=None) -> None:
+  """Runs an A/B of layer versions: `--<option>` picks an entry of `versions` ({choice:
+  (attribute of tlb_jax.models.layers, the baseline put in its place)}, the first the default)
+  and `time_layer_versions` times that baseline against the model's own version."""
+  parser = layer_ab_parser(module, description)
+  parser.add_argument(f'--{option}', choices=sorted(versions), default=next(iter(versions)))
+  args = parser.parse_args(argv)
+  choice = getattr(args, option)
+  attribute, baseline = versions[choice]
+  time_layer_versions(args, attribute, {'baseline': baseline,
+                                        'shipped': getattr(layers, attribute)},
+                      f'--{option}={choice}')
 
 
 def parse_args(argv=None) -> argparse.Namespace:

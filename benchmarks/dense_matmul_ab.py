@@ -14,6 +14,9 @@ gradients as a transposing copy and an Eigen matmul, B's as one matmul.
 --layer=transposed_weight_gradient: the 2-D matmul differentiated by JAX against
 `layers.matmul_with_transposed_weight_gradient`, whose narrow weight gradients (the MLP's
 (256, 64)) are computed as their wide transpose.
+--layer=normalized_projections: the seed's queries, keys and values each through its own
+LayerNorm and projection against `layers.normalized_projections`, one normalization and one
+matmul for the projections of the same input (`--config=cifar10_seed` only).
 
 Both are `tlb_jax.benchmark`'s pmapped train step (augmentation included) of the same config on
 one fixed random batch, compiled in this process, on the host devices `main.py` would train on.
@@ -23,7 +26,7 @@ Each pair times the two back to back, in alternating order (`time_pairs`).
 import flax.linen as nn
 import jax
 
-from benchmarks.config_ab import step_ab_parser, time_layer_versions
+from benchmarks.config_ab import layer_versions_main
 from tlb_jax import allocator
 from tlb_jax.models import layers
 
@@ -38,21 +41,13 @@ def conv_patch_projection(features, patch_size, dtype=None, kernel_init=None, na
 LAYERS = {'dense': ('matmul_dot_general', jax.lax.dot_general),
           'patch_projection': ('PatchProjection', conv_patch_projection),
           'transposed_weight_gradient': ('matmul_with_transposed_weight_gradient',
-                                         lambda x, w: x @ w)}
-
-
-def parse_args(argv=None):
-  parser = step_ab_parser('dense_matmul_ab', __doc__)
-  parser.add_argument('--layer', choices=sorted(LAYERS), default='dense')
-  return parser.parse_args(argv)
+                                         lambda x, w: x @ w),
+          'normalized_projections': ('normalized_projections',
+                                     layers.separately_normalized_projections)}
 
 
 def main(argv=None):
-  args = parse_args(argv)
-  attribute, baseline = LAYERS[args.layer]
-  time_layer_versions(args, attribute, {'baseline': baseline,
-                                        'shipped': getattr(layers, attribute)},
-                      f'--layer={args.layer}')
+  layer_versions_main('dense_matmul_ab', __doc__, 'layer', LAYERS, argv)
 
 
 if __name__ == '__main__':

@@ -50,10 +50,12 @@ def test_layer_norm_of_a_constant_row_is_its_bias():
   assert np.isfinite(jax.grad(lambda x: layers.LayerNorm().apply(params, x).sum())(x)).all()
 
 
-@pytest.mark.parametrize('op', sorted(OPS))
-def test_tlb_with_hand_written_backward_has_the_autodiff_logits_and_gradients(op):
+@pytest.mark.parametrize('op, variant', [(op, 'paper') for op in sorted(OPS)]
+                         + [('layer_norm', 'keras_seed')])
+def test_tlb_with_hand_written_backward_has_the_autodiff_logits_and_gradients(op, variant):
   config = cifar10.get_config()
-  config.tlb.update(embed_dim=16, num_heads=2, chunk_size=4, num_latents=3, mlp_ratio=2)
+  config.tlb.update(embed_dim=16, num_heads=2, chunk_size=4, num_latents=3, mlp_ratio=2,
+                    variant=variant)
   config.tlb.dropout_rate = 0.0
   images = jax.random.uniform(jax.random.PRNGKey(0), (3, 16, 16, 3))
   labels = jnp.array([1, 4, 7])

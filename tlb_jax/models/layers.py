@@ -151,8 +151,17 @@ def gelu_tanh(x):
   return x * (0.5 * (1.0 + tanh))
 
 
-def _layer_norm_forward(x, scale, bias, epsilon: float):
-  """x (..., D), scale (D,), bias (D,) -> (y (..., D) in x's dtype, what the backward reads).
+def gelu_erf(x):
+  """The exact GELU, x Phi(x), as 0.5 x (1 + erf(x / sqrt(2))) (Keras's formula): the function
+  of `jax.nn.gelu(x, approximate=False)`, which computes it with erfc. XLA:CPU computes erf as
+  one polynomial and erfc with an exponential and two branches, so the seed trains 1.15x faster
+  with this form (docs/performance.md)."""
+  return 0.5 * x * (1.0 + jax.lax.erf(x * np.sqrt(0.5).astype(x.dtype)))
+
+
+def _standardize_forward(x, epsilon: float):
+  """x (..., D) -> ((x - mean) / std over D in x's dtype, what the backward reads: that in
+  float32 and 1/std (..., 1)).
 
   Statistics in float32 as flax's `nn.LayerNorm` computes them: var = E[x^2] - E[x]^2,
   clipped at 0."""
@@ -161,23 +170,47 @@ def _layer_norm_forward(x, scale, bias, epsilon: float):
   variance = jnp.maximum(0.0, (x32 * x32).mean(-1, keepdims=True) - mean * mean)
   inverse_std = jax.lax.rsqrt(variance + epsilon)
   normalized = (x32 - mean) * inverse_std
+  return normalized.astype(x.dtype), (normalized, inverse_std)
+
+
+def _standardize_input_gradient(normalized, inverse_std, g):
+  """d x from g = d normalized (float32): one pass of two row means, instead of the chain of
+  reductions that differentiating the statistics step by step leaves to XLA."""
+  return inverse_std * (g - g.mean(-1, keepdims=True)
+                        - normalized * (g * normalized).mean(-1, keepdims=True))
+
+
+def _standardize_backward(epsilon, residuals, g):
+  del epsilon
+  return (_standardize_input_gradient(*residuals, g.astype(jnp.float32)).astype(g.dtype),)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def standardize(x, epsilon: float):
+  """x (..., D) -> (..., D) in x's dtype, zero mean and unit variance over D (computed in
+  float32): LayerNorm without its scale and bias, with `layer_norm`'s hand-written backward."""
+  return _standardize_forward(x, epsilon)[0]
+
+
+standardize.defvjp(_standardize_forward, _standardize_backward)
+
+
+def _layer_norm_forward(x, scale, bias, epsilon: float):
+  """x (..., D), scale (D,), bias (D,) -> (y (..., D) in x's dtype, what the backward reads)."""
+  _, (normalized, inverse_std) = _standardize_forward(x, epsilon)
   y = normalized * scale.astype(jnp.float32) + bias.astype(jnp.float32)
   return y.astype(x.dtype), (normalized, inverse_std, scale)
 
 
 def _layer_norm_backward(epsilon, residuals, dy):
-  """The gradients of `_layer_norm_forward` from its normalized input and 1/std: one pass of
-  two row means, instead of the chain of reductions that differentiating the statistics
-  step by step leaves to XLA."""
+  """The gradients of `_layer_norm_forward` from its normalized input and 1/std."""
   del epsilon
   normalized, inverse_std, scale = residuals
   dy32 = dy.astype(jnp.float32)
   rows = tuple(range(dy.ndim - 1))
   d_scale = (dy32 * normalized).sum(rows).astype(scale.dtype)
   d_bias = dy32.sum(rows).astype(scale.dtype)
-  g = dy32 * scale.astype(jnp.float32)
-  dx = inverse_std * (g - g.mean(-1, keepdims=True)
-                      - normalized * (g * normalized).mean(-1, keepdims=True))
+  dx = _standardize_input_gradient(normalized, inverse_std, dy32 * scale.astype(jnp.float32))
   return dx.astype(dy.dtype), d_scale, d_bias
 
 
@@ -193,18 +226,101 @@ layer_norm.defvjp(_layer_norm_forward, _layer_norm_backward)
 
 class LayerNorm(nn.Module):
   """`nn.LayerNorm` over the last axis (the same parameters, 'scale' and 'bias' (D,), and the
-  same function) computed by `layer_norm`, whose backward is written by hand."""
+  same function) computed by `layer_norm`, whose backward is written by hand. `affine` gives
+  the parameters alone, for `normalized_projections`."""
 
   epsilon: float = LAYER_NORM_EPSILON
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
-    """x (..., D) -> (..., D) in `dtype`."""
-    features = x.shape[-1]
+  def affine(self, features: int):
+    """-> (scale, bias), each (features,) float32."""
     scale = self.param('scale', nn.initializers.ones, (features,))
     bias = self.param('bias', nn.initializers.zeros, (features,))
+    return scale, bias
+
+  def __call__(self, x):
+    """x (..., D) -> (..., D) in `dtype`."""
+    scale, bias = self.affine(x.shape[-1])
     return layer_norm(x, scale, bias, self.epsilon).astype(self.dtype)
+
+
+class DenseGeneralParams(nn.Module):
+  """The parameters of `nn.DenseGeneral(features)` on inputs of D features, 'kernel'
+  (D, *features) and 'bias' (features), drawn as it draws them (the initializer called with the
+  kernel flattened to (D, prod(features))), without applying them: the same parameters, for
+  `normalized_projections`."""
+
+  features: tuple[int, ...]
+  kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init
+
+  @nn.compact
+  def __call__(self, in_features: int):
+    """-> (kernel (D, *features), bias (features)) float32."""
+    flat_shape = (in_features, math.prod(self.features))
+    kernel = self.param(
+        'kernel', lambda key, shape: self.kernel_init(key, flat_shape, jnp.float32).reshape(shape),
+        (in_features, *self.features))
+    bias = self.param('bias', nn.initializers.zeros, self.features)
+    return kernel, bias
+
+
+def normalized_projections(inputs, norms, projections, epsilon: float = LAYER_NORM_EPSILON,
+                           dtype: Dtype = jnp.float32):
+  """Dense_i(LayerNorm_i(x_i)) for each i, where inputs that are the same array (the same
+  object, as traced) share one normalization and one matmul.
+
+  LayerNorm_i(x) @ W_i + c_i = n @ (s_i W_i) + (b_i @ W_i + c_i), with n the standardized x and
+  (s_i, b_i) the i-th LayerNorm's scale and bias: the projections of one input become one
+  (..., D) @ (D, sum F_i) matmul after one normalization, whose backward is one input-gradient
+  matmul, one weight-gradient matmul and one LayerNorm backward, instead of three of each (the
+  seed's queries, keys and values; `separately_normalized_projections` computes the same
+  function one projection at a time).
+
+  Args:
+    inputs: [x_i (..., D)].
+    norms: [(scale_i, bias_i) (D,)], `LayerNorm.affine`.
+    projections: [(kernel_i (D, *F_i), bias_i (F_i))], `DenseGeneralParams`.
+    epsilon: the LayerNorms' epsilon.
+    dtype: compute dtype of the matmuls.
+
+  Returns:
+    [(..., *F_i)] in `dtype`.
+  """
+  outputs = [None] * len(inputs)
+  groups = {}
+  for index, x in enumerate(inputs):
+    groups.setdefault(id(x), []).append(index)
+  for members in groups.values():
+    x = inputs[members[0]]
+    kernels, biases, sizes = [], [], []
+    for index in members:
+      (scale, shift), (kernel, bias) = norms[index], projections[index]
+      kernel = kernel.reshape(kernel.shape[0], -1)
+      kernels.append(scale[:, None] * kernel)
+      biases.append(shift @ kernel + bias.reshape(-1))
+      sizes.append(kernel.shape[1])
+    kernel = jnp.concatenate(kernels, axis=1).astype(dtype)
+    bias = jnp.concatenate(biases).astype(dtype)
+    product = matmul_dot_general(standardize(x, epsilon).astype(dtype), kernel,
+                                 (((x.ndim - 1,), (0,)), ((), ()))) + bias
+    for index, part in zip(members, jnp.split(product, np.cumsum(sizes)[:-1], axis=-1)):
+      outputs[index] = part.reshape(x.shape[:-1] + projections[index][1].shape)
+  return outputs
+
+
+def separately_normalized_projections(inputs, norms, projections,
+                                      epsilon: float = LAYER_NORM_EPSILON,
+                                      dtype: Dtype = jnp.float32):
+  """`normalized_projections`'s function, one LayerNorm and one matmul per projection (as
+  flax's `LayerNorm` and `DenseGeneral` layers compute it): its baseline in
+  `benchmarks/dense_matmul_ab.py`."""
+  outputs = []
+  for x, (scale, shift), (kernel, bias) in zip(inputs, norms, projections):
+    normalized = layer_norm(x, scale, shift, epsilon).astype(dtype)
+    outputs.append(matmul_dot_general(normalized, kernel.astype(dtype),
+                                      (((x.ndim - 1,), (0,)), ((), ()))) + bias.astype(dtype))
+  return outputs
 
 
 class Dropout(nn.Module):
@@ -235,9 +351,10 @@ class MultiHeadAttention(nn.Module):
   Self-attention (`context=None`) projects q, k and v with one matmul; cross-attention projects
   q from the queries and k, v together from the context. Softmax runs in float32.
 
-  With `fused=False` (Keras `MultiHeadAttention`'s layout) q, k and v have their own
-  projections, 'query', 'key' and 'value', each with kernel (D, H, Dh) and bias (H, Dh), so
-  keys and values may come from different inputs (`values`).
+  With `fused=False` (the seed's `BaseAttention`, Keras `MultiHeadAttention`'s layout) q, k and
+  v have their own projections, 'query', 'key' and 'value', each with kernel (D, H, Dh) and
+  bias (H, Dh), and their own LayerNorms, whose (scale, bias) the caller passes as `norms`;
+  projections of the same input run as one matmul (`normalized_projections`).
 
   Attributes:
     num_heads: H.
@@ -259,12 +376,16 @@ class MultiHeadAttention(nn.Module):
   keras_fans: str = 'conv'
 
   @nn.compact
-  def __call__(self, queries, context=None, values=None, *, deterministic: bool):
-    """queries (B, Lq, D), context (B, Lk, D) or None (self-attention), values (B, Lk, D) or
-    None (the context) -> ((B, Lq, D), weights (B, H, Lq, Lk) f32).
+  def __call__(self, queries, context=None, *, norms=None, deterministic: bool):
+    """queries (B, Lq, D), context (B, Lk, D) or None (self-attention) -> ((B, Lq, D),
+    weights (B, H, Lq, Lk) f32).
 
-    `values` other than the context needs `fused=False`.
+    norms: with `fused=False` (only then), the LayerNorms of the queries, keys and values as
+      three (scale, bias) pairs of (D,) (`LayerNorm.affine`), applied to `queries` and `context`
+      here.
     """
+    if (norms is None) != self.fused:
+      raise ValueError('norms are given with fused=False, and only then')
     features = queries.shape[-1]
     head_dim = self.head_dim or features // self.num_heads
     init = lambda shape: (keras_attention_kernel_init(shape, self.keras_fans) if self.keras_init
@@ -274,12 +395,11 @@ class MultiHeadAttention(nn.Module):
         dot_general=matmul_dot_general, name=name)
     if not self.fused:
       keys = queries if context is None else context
-      values = keys if values is None else values
-      query = dense((self.num_heads, head_dim), 'query')(queries)
-      key = dense((self.num_heads, head_dim), 'key')(keys)
-      value = dense((self.num_heads, head_dim), 'value')(values)
-    elif values is not None:
-      raise ValueError('separate values need fused=False')
+      shape = (self.num_heads, head_dim)
+      projections = [DenseGeneralParams(shape, init((features, *shape)), name=name)(features)
+                     for name in ('query', 'key', 'value')]
+      query, key, value = normalized_projections([queries, keys, keys], norms, projections,
+                                                 LAYER_NORM_EPSILON, self.dtype)
     elif context is None:
       qkv = dense((3, self.num_heads, head_dim), 'qkv')(queries)
       query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
@@ -321,7 +441,7 @@ class MlpBlock(nn.Module):
                                         kernel_init=kernel_init(self.keras_init),
                                         dot_general=matmul_dot_general, name=name)
     y = dense(self.mlp_ratio * features, 'hidden')(x)
-    y = gelu_tanh(y) if self.approximate_gelu else nn.gelu(y, approximate=False)
+    y = gelu_tanh(y) if self.approximate_gelu else gelu_erf(y)
     y = dense(features, 'output')(y)
     return Dropout(self.dropout_rate)(y, deterministic=deterministic)
 
@@ -382,10 +502,9 @@ class AttentionBlock(nn.Module):
         name=f'{prefix}attention',
     )
     if self.qkv_norms:
-      keys_values = x if context is None else context
-      y, weights = attention(
-          norm(f'{prefix}norm_query')(x), norm(f'{prefix}norm_key')(keys_values),
-          norm(f'{prefix}norm_value')(keys_values), deterministic=deterministic)
+      norms = [norm(f'{prefix}norm_{role}').affine(x.shape[-1])
+               for role in ('query', 'key', 'value')]
+      y, weights = attention(x, context, norms=norms, deterministic=deterministic)
     else:
       if context is not None:
         context = norm(f'{prefix}norm_context')(context)

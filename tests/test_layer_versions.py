@@ -1,8 +1,10 @@
-"""The models' linear layers as one 2-D matmul compute what flax's layers compute:
+"""The models' layers, computed faster, compute what flax's and JAX's compute:
 `layers.matmul_dot_general` what `lax.dot_general` does, `layers.PatchProjection` what a
-patch-sized `nn.Conv` does, `layers.matmul_with_transposed_weight_gradient` what `x @ w` does;
-the same parameters, outputs and gradients, alone and inside every model, so that the recipes'
-accuracy carries over (`benchmarks/dense_matmul_ab.py` times them)."""
+patch-sized `nn.Conv` does, `layers.matmul_with_transposed_weight_gradient` what `x @ w` does,
+`layers.normalized_projections` what a LayerNorm and a `DenseGeneral` per projection do,
+`layers.gelu_erf` what `jax.nn.gelu(approximate=False)` does; the same parameters, outputs and
+gradients, alone and inside every model, so that the recipes' accuracy carries over
+(`benchmarks/dense_matmul_ab.py` and `benchmarks/activation_ab.py` time them)."""
 
 import importlib
 from unittest import mock
@@ -13,10 +15,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks.activation_ab import ACTIVATIONS
 from benchmarks.dense_matmul_ab import LAYERS, conv_patch_projection
 from tlb_jax.models import create_model, layers
 
 NO_BATCH = ((), ())
+# Every layer a model computes another way -> (attribute of layers, its baseline).
+VERSIONS = {**LAYERS, **ACTIVATIONS}
 
 
 @pytest.mark.parametrize('lhs_shape, rhs_shape, contracting', [
@@ -97,7 +102,17 @@ def test_patch_projection_has_the_parameters_outputs_and_gradients_of_nn_conv(pa
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('layer', sorted(LAYERS))
+def _uses(config, layer: str) -> bool:
+  """Whether the model of `config` computes with `LAYERS[layer]`."""
+  section = config[config.model]
+  if layer == 'patch_projection':
+    return section.tokenizer == 'linear'
+  if layer in ('normalized_projections', 'gelu_erf'):
+    return section.get('variant') == 'keras_seed'
+  return True
+
+
+@pytest.mark.parametrize('layer', sorted(VERSIONS))
 @pytest.mark.parametrize('name', ['cifar10', 'cifar10_seed', 'vit_cifar10',
                                   'perceiver_cifar100'])
 def test_every_model_has_the_logits_and_gradients_of_the_baseline_layers(name, layer):
@@ -112,13 +127,85 @@ def test_every_model_has_the_logits_and_gradients_of_the_baseline_layers(name, l
     logits = model.apply({'params': params}, images, train=True, rngs=rngs)
     return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1).mean()
 
-  attribute, baseline = LAYERS[layer]
+  attribute, baseline = VERSIONS[layer]
   with mock.patch.object(layers, attribute, wraps=getattr(layers, attribute)) as ours:
     shipped = jax.value_and_grad(loss)(params)
-  if layer != 'patch_projection' or _small(name)[_small(name).model].tokenizer == 'linear':
+  if _uses(_small(name), layer):
     ours.assert_called()
   with mock.patch.object(layers, attribute, baseline):
     reference = jax.value_and_grad(loss)(params)
   np.testing.assert_allclose(shipped[0], reference[0], rtol=1e-5)
   for got, want in zip(jax.tree.leaves(shipped[1]), jax.tree.leaves(reference[1])):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def _projection_operands(shared: bool):
+  """Inputs, LayerNorm affines and projections of a query, key and value; with `shared` the
+  three read one array (self-attention), else the key and value read another (cross)."""
+  keys = iter(jax.random.split(jax.random.PRNGKey(0), 16))
+  x = jax.random.normal(next(keys), (2, 5, 8))
+  context = x if shared else jax.random.normal(next(keys), (2, 3, 8))
+  norms = [(1 + 0.3 * jax.random.normal(next(keys), (8,)), jax.random.normal(next(keys), (8,)))
+           for _ in range(3)]
+  projections = [(jax.random.normal(next(keys), (8, 2, 4)), jax.random.normal(next(keys), (2, 4)))
+                 for _ in range(3)]
+  return [x, context, context], norms, projections
+
+
+@pytest.mark.parametrize('shared', [True, False], ids=['self_attention', 'cross_attention'])
+def test_normalized_projections_have_the_outputs_and_gradients_of_one_layer_norm_and_dense_each(
+    shared):
+  inputs, norms, projections = _projection_operands(shared)
+  weights = [jax.random.normal(jax.random.PRNGKey(i), y.shape) for i, y in
+             enumerate(layers.separately_normalized_projections(inputs, norms, projections))]
+
+  def loss(function):
+    def of(x, context, norms, projections):
+      outputs = function([x, context, context], norms, projections)
+      return sum((y * w).sum() + (y**2).sum() for y, w in zip(outputs, weights))
+    return of
+
+  for got, want in zip(layers.normalized_projections(inputs, norms, projections),
+                       layers.separately_normalized_projections(inputs, norms, projections)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  arguments = (inputs[0], inputs[1], norms, projections)
+  got = jax.grad(loss(layers.normalized_projections), argnums=(0, 1, 2, 3))(*arguments)
+  want = jax.grad(loss(layers.separately_normalized_projections), argnums=(0, 1, 2, 3))(
+      *arguments)
+  for got_grad, want_grad in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(got_grad, want_grad, rtol=1e-4, atol=1e-4)
+
+
+def test_projections_of_one_input_run_as_one_matmul():
+  inputs, norms, projections = _projection_operands(shared=True)
+  hlo = jax.jit(lambda x, *operands: layers.normalized_projections([x, x, x], *operands)).lower(
+      inputs[0], norms, projections).as_text()
+  token_matmuls = [line for line in hlo.splitlines()
+                   if 'dot_general' in line and '(tensor<10x8xf32>' in line]
+  assert len(token_matmuls) == 1 and '-> tensor<10x24xf32>' in token_matmuls[0]
+
+
+def test_dense_general_params_are_drawn_as_nn_dense_general_draws_them():
+  init = layers.keras_attention_kernel_init((8, 2, 4), 'conv')
+  x = jnp.ones((3, 8))
+  want = nn.DenseGeneral((2, 4), kernel_init=init).init(jax.random.PRNGKey(5), x)
+  got = layers.DenseGeneralParams((2, 4), init).init(jax.random.PRNGKey(5), 8)
+  jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
+@pytest.mark.parametrize('fused, norms', [(True, 'given'), (False, None)])
+def test_attention_takes_norms_with_unfused_projections_only(fused, norms):
+  attention = layers.MultiHeadAttention(num_heads=2, fused=fused)
+  x = jnp.ones((1, 4, 8))
+  norms = None if norms is None else [(jnp.ones(8), jnp.zeros(8))] * 3
+  with pytest.raises(ValueError, match='norms are given with fused=False'):
+    attention.init(jax.random.PRNGKey(0), x, norms=norms, deterministic=True)
+
+
+def test_gelu_erf_has_the_values_and_gradients_of_jax_exact_gelu():
+  x = jnp.concatenate([jnp.linspace(-12.0, 12.0, 2001),
+                       3.0 * jax.random.normal(jax.random.PRNGKey(0), (4096,))])
+  jax_gelu = lambda x: jax.nn.gelu(x, approximate=False)
+  np.testing.assert_allclose(layers.gelu_erf(x), jax_gelu(x), rtol=1e-5, atol=1e-6)
+  gradient = lambda f: jax.vmap(jax.grad(f))(x)
+  np.testing.assert_allclose(gradient(layers.gelu_erf), gradient(jax_gelu), rtol=1e-5, atol=1e-6)
