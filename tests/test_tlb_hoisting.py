@@ -230,6 +230,30 @@ def test_evaluation_gives_the_logits_and_intermediates_of_the_reference(cell):
   assert np.abs(np.asarray(expected_logits[0] - expected_logits[1])).max() > 1e-3
 
 
+def _prefix_batch_sizes(model, params, train: bool) -> list[int]:
+  """The leading size of every input of `TLBCell.fast_stream_prefix` in one forward pass."""
+  sizes = []
+
+  def record(next_fun, args, kwargs, context):
+    if context.method_name == 'fast_stream_prefix':
+      sizes.append(args[0].shape[0])
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    model.apply({'params': params}, _images(), train=train,
+                rngs={'dropout': jax.random.PRNGKey(7)})
+  return sizes
+
+
+def test_training_hoists_and_evaluation_runs_every_block_inside_the_scan():
+  """Hoisted, the prefix runs once on all B * C chunks; inside the scan, once on B chunks."""
+  model = _small_model('r2_of_4')
+  params = _params(model)
+  num_chunks = (IMAGE_SIZE // model.patch_size) ** 2 // model.chunk_size
+  assert _prefix_batch_sizes(model, params, train=True) == [BATCH * num_chunks]
+  assert set(_prefix_batch_sizes(model, params, train=False)) == {BATCH}
+
+
 def _training_loss(model, params, images):
   logits = model.apply({'params': params}, images, train=True,
                        rngs={'dropout': jax.random.PRNGKey(7)})
