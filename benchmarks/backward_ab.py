@@ -6,6 +6,8 @@ the model ships.
   python -m benchmarks.backward_ab --op=layer_norm --config=cifar10_seed --batch_size=256
   python -m benchmarks.backward_ab --op=softmax
   python -m benchmarks.backward_ab --op=gelu_tanh
+  python -m benchmarks.backward_ab --op=gelu_erf --config=cifar10_seed --batch_size=256 \\
+      --set=microbatch_size=0
 
 Both are `tlb_jax.train.train_step` (augmentation included) of the same config, pmapped and
 compiled as `tlb_jax.benchmark` runs it on the host devices `main.py` would train on, on one
@@ -45,8 +47,10 @@ def flax_layer_norm(epsilon=layers.LAYER_NORM_EPSILON, dtype=None, name=None):
   return FlaxLayerNorm(epsilon=epsilon, dtype=dtype, name=name)
 
 
-# Bound here: main patches `layers.softmax` with `hand_written_softmax`, which calls this.
+# Bound here: main patches `layers.softmax` and `layers.gelu_erf` with `hand_written_softmax`
+# and `hand_written_gelu_erf`, which call these.
 _autodiff_softmax = layers.softmax
+_autodiff_gelu_erf = layers.gelu_erf
 
 
 def _softmax_forward(logits, axis: int):
@@ -91,12 +95,33 @@ def hand_written_gelu_tanh(x):
 hand_written_gelu_tanh.defvjp(_gelu_tanh_forward, _gelu_tanh_backward)
 
 
+def _gelu_erf_forward(x):
+  return _autodiff_gelu_erf(x), x
+
+
+def _gelu_erf_backward(x, dy):
+  """d x = dy (Phi(x) + x phi(x)), Phi and phi the standard normal's CDF and density."""
+  cdf = 0.5 * (1.0 + jax.lax.erf(x * np.sqrt(0.5).astype(x.dtype)))
+  density = jnp.exp(-0.5 * x * x) * np.sqrt(0.5 / np.pi).astype(x.dtype)
+  return (dy * (cdf + x * density),)
+
+
+@jax.custom_vjp
+def hand_written_gelu_erf(x):
+  """`layers.gelu_erf` with a hand-written backward from the saved input."""
+  return _gelu_erf_forward(x)[0]
+
+
+hand_written_gelu_erf.defvjp(_gelu_erf_forward, _gelu_erf_backward)
+
+
 # --op -> (attribute of tlb_jax.models.layers, its version differentiated by JAX, its version
 # with a hand-written backward). The model ships the faster one it was measured to be:
-# LayerNorm's hand-written backward, and softmax and GELU as JAX differentiates them.
+# LayerNorm's hand-written backward, and softmax and both GELUs as JAX differentiates them.
 OPS = {'layer_norm': ('LayerNorm', flax_layer_norm, layers.LayerNorm),
        'softmax': ('softmax', layers.softmax, hand_written_softmax),
-       'gelu_tanh': ('gelu_tanh', layers.gelu_tanh, hand_written_gelu_tanh)}
+       'gelu_tanh': ('gelu_tanh', layers.gelu_tanh, hand_written_gelu_tanh),
+       'gelu_erf': ('gelu_erf', layers.gelu_erf, hand_written_gelu_erf)}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
