@@ -31,6 +31,7 @@ CPU_OP_TRACING_FLAG = '--xla_cpu_enable_xprof_traceme=true'
 RUNTIME_SPAN_PREFIXES = ('ThunkExecutor', 'SlinkyThreadPool', '$', 'Pjit', 'PjRt', 'TfrtCpu')
 BETWEEN_OPS = 'between ops'  # the breakdown's phase of the threads' time between ops
 _INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = .*$')
+_MATMUL_OP = re.compile(r' (dot|convolution)\(')  # an HLO line computing a dot or convolution
 _COMPUTATION = re.compile(r'^(?:ENTRY )?%?([\w.\-]+) \(.*\{\s*$')
 
 
@@ -92,15 +93,17 @@ def idle_times_ms(trace, hlo_text: str, num_steps: int) -> dict[str, float]:
   on after the op's traced span ends: the gap right after such an op is its work, not waiting
   (making those matmuls cheaper shortened those gaps and the step by as much).
   """
-  op_names = set(classify_ops(hlo_text))
-  eigen_ops = {name for name, line in _instruction_lines(hlo_text)
-               if re.search(r' (dot|convolution)\(', line)}
+  op_names, eigen_ops = set(), set()
+  for name, line in _instruction_lines(hlo_text):
+    op_names.add(name)
+    if _MATMUL_OP.search(line):
+      eigen_ops.add(name)
   idle = collections.Counter()
   for plane in trace.planes:
     for line in plane.lines:
-      spans = sorted((e.offset_ps, e.offset_ps + e.duration_ps,
-                      plane.event_metadata[e.metadata_id].name) for e in line.events
-                     if plane.event_metadata[e.metadata_id].name in op_names)
+      named = ((e, plane.event_metadata[e.metadata_id].name) for e in line.events)
+      spans = sorted((e.offset_ps, e.offset_ps + e.duration_ps, name) for e, name in named
+                     if name in op_names)
       gaps = gaps_between_spans(spans, eigen_ops)
       if spans and sum(gaps.values()) <= 0.75 * (max(end for _, end, _ in spans) - spans[0][0]):
         idle.update(gaps)
@@ -158,15 +161,14 @@ def classify_ops(hlo_text: str) -> dict[str, tuple[str, str]]:
     header = _COMPUTATION.match(line)
     if header:
       computation = header.group(1)
-    elif computation and re.search(r' (dot|convolution)\(', line):
+    elif computation and _MATMUL_OP.search(line):
       matmul_computations.add(computation)
   ops = {}
   for name, line in _instruction_lines(hlo_text):
     source = re.search(r'op_name="([^"]*)"', line)
     source = source.group(1) if source else ''
     called = re.search(r'calls=%?([\w.\-]+)', line)
-    if re.search(r' (dot|convolution)\(', line) or (called and
-                                                      called.group(1) in matmul_computations):
+    if _MATMUL_OP.search(line) or (called and called.group(1) in matmul_computations):
       kind = 'matmul'
     elif re.search(r'/Dropout[^/]*/', source):
       kind = 'dropout'
