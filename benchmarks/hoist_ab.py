@@ -19,11 +19,10 @@ import dataclasses
 import importlib
 
 import jax
-import numpy as np
 from flax import jax_utils
 
 from benchmarks.config_ab import step_ab_parser, time_pairs, use_trainer_devices
-from tlb_jax import allocator, evaluation, train, train_state
+from tlb_jax import allocator, benchmark, evaluation, train, train_state
 from tlb_jax.models import create_model
 from tlb_jax.models.tlb import TLB, TLBWithoutHoisting
 
@@ -54,11 +53,8 @@ def _model_state_and_batch(config, model_class):
   state = train_state.create_train_state(jax.random.PRNGKey(0), model, config.image_size,
                                          train_state.create_optimizer(config, learning_rate_fn))
   devices = jax.local_device_count()
-  rng = np.random.default_rng(0)
-  batch = {'image': rng.integers(0, 256, (config.batch_size, 32, 32, 3), dtype=np.uint8),
-           'label': rng.integers(0, NUM_CLASSES, (config.batch_size,)).astype(np.int32),
-           'mask': np.ones((config.batch_size,), bool)}
-  batch = {k: v.reshape((devices, -1) + v.shape[1:]) for k, v in batch.items()}
+  batch = {k: v.reshape((devices, -1) + v.shape[1:])
+           for k, v in benchmark.synthetic_batch(config.batch_size, NUM_CLASSES, mask=True).items()}
   return model, state, learning_rate_fn, batch
 
 

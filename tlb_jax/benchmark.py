@@ -97,7 +97,8 @@ def unrolled(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return config
 
 
-def _synthetic_batch(config, batch_size: int, num_classes: int, mask: bool):
+def synthetic_batch(batch_size: int, num_classes: int, mask: bool) -> dict:
+  """A fixed random batch of 32x32 uint8 images and int32 labels (and an all-True 'mask')."""
   rng = np.random.default_rng(0)
   batch = {'image': rng.integers(0, 256, (batch_size, 32, 32, 3), dtype=np.uint8),
            'label': rng.integers(0, num_classes, (batch_size,)).astype(np.int32)}
@@ -120,8 +121,8 @@ def step_gflops(config, batch_size: int, num_classes: int) -> dict[str, float]:
   state, train_step, eval_step = _steps(unrolled(config), num_classes)
   # vmap over a size-1 axis named 'batch' gives the collectives their axis without pmap.
   one = lambda tree: jax.tree.map(lambda x: jnp.asarray(x)[None], tree)
-  train_batch = one(_synthetic_batch(config, batch_size, num_classes, mask=False))
-  eval_batch = one(_synthetic_batch(config, batch_size, num_classes, mask=True))
+  train_batch = one(synthetic_batch(batch_size, num_classes, mask=False))
+  eval_batch = one(synthetic_batch(batch_size, num_classes, mask=True))
   lowered_train = jax.jit(jax.vmap(train_step, axis_name='batch')).lower(one(state), train_batch)
   lowered_eval = jax.jit(jax.vmap(eval_step, axis_name='batch')).lower(one(state.params),
                                                                      eval_batch)
@@ -145,8 +146,8 @@ def pmapped_steps(config, num_classes: int, devices=None):
   state, train_step, eval_step = _steps(config, num_classes)
   p_eval = jax.pmap(eval_step, axis_name='batch', devices=devices)
   shard = lambda b: {k: v.reshape((len(devices), -1) + v.shape[1:]) for k, v in b.items()}
-  train_batch = shard(_synthetic_batch(config, config.batch_size, num_classes, mask=False))
-  eval_batch = shard(_synthetic_batch(config, config.batch_size, num_classes, mask=True))
+  train_batch = shard(synthetic_batch(config.batch_size, num_classes, mask=False))
+  eval_batch = shard(synthetic_batch(config.batch_size, num_classes, mask=True))
   replicated = {'state': jax_utils.replicate(state, devices, axis_name='batch')}
   # Compiled ahead of time so that the profile reads the HLO of the very program it traces.
   p_train = jax.pmap(train_step, axis_name='batch', donate_argnums=(0,), devices=devices).lower(
