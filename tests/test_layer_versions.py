@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from benchmarks.activation_ab import ACTIVATIONS
-from benchmarks.dense_matmul_ab import LAYERS, conv_patch_projection
+from benchmarks.dense_matmul_ab import (LAYERS, conv_patch_projection,
+                                        separately_normalized_projections)
 from tlb_jax.models import create_model, layers
 
 NO_BATCH = ((), ())
@@ -157,7 +158,7 @@ def test_normalized_projections_have_the_outputs_and_gradients_of_one_layer_norm
     shared):
   inputs, norms, projections = _projection_operands(shared)
   weights = [jax.random.normal(jax.random.PRNGKey(i), y.shape) for i, y in
-             enumerate(layers.separately_normalized_projections(inputs, norms, projections))]
+             enumerate(separately_normalized_projections(inputs, norms, projections))]
 
   def loss(function):
     def of(x, context, norms, projections):
@@ -166,11 +167,11 @@ def test_normalized_projections_have_the_outputs_and_gradients_of_one_layer_norm
     return of
 
   for got, want in zip(layers.normalized_projections(inputs, norms, projections),
-                       layers.separately_normalized_projections(inputs, norms, projections)):
+                       separately_normalized_projections(inputs, norms, projections)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   arguments = (inputs[0], inputs[1], norms, projections)
   got = jax.grad(loss(layers.normalized_projections), argnums=(0, 1, 2, 3))(*arguments)
-  want = jax.grad(loss(layers.separately_normalized_projections), argnums=(0, 1, 2, 3))(
+  want = jax.grad(loss(separately_normalized_projections), argnums=(0, 1, 2, 3))(
       *arguments)
   for got_grad, want_grad in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(got_grad, want_grad, rtol=1e-4, atol=1e-4)

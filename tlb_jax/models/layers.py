@@ -274,8 +274,8 @@ def normalized_projections(inputs, norms, projections, epsilon: float = LAYER_NO
   (s_i, b_i) the i-th LayerNorm's scale and bias: the projections of one input become one
   (..., D) @ (D, sum F_i) matmul after one normalization, whose backward is one input-gradient
   matmul, one weight-gradient matmul and one LayerNorm backward, instead of three of each (the
-  seed's queries, keys and values; `separately_normalized_projections` computes the same
-  function one projection at a time).
+  seed's queries, keys and values; `benchmarks/dense_matmul_ab.py` times it against the same
+  function computed one projection at a time).
 
   Args:
     inputs: [x_i (..., D)].
@@ -306,20 +306,6 @@ def normalized_projections(inputs, norms, projections, epsilon: float = LAYER_NO
                                  (((x.ndim - 1,), (0,)), ((), ()))) + bias
     for index, part in zip(members, jnp.split(product, np.cumsum(sizes)[:-1], axis=-1)):
       outputs[index] = part.reshape(x.shape[:-1] + projections[index][1].shape)
-  return outputs
-
-
-def separately_normalized_projections(inputs, norms, projections,
-                                      epsilon: float = LAYER_NORM_EPSILON,
-                                      dtype: Dtype = jnp.float32):
-  """`normalized_projections`'s function, one LayerNorm and one matmul per projection (as
-  flax's `LayerNorm` and `DenseGeneral` layers compute it): its baseline in
-  `benchmarks/dense_matmul_ab.py`."""
-  outputs = []
-  for x, (scale, shift), (kernel, bias) in zip(inputs, norms, projections):
-    normalized = layer_norm(x, scale, shift, epsilon).astype(dtype)
-    outputs.append(matmul_dot_general(normalized, kernel.astype(dtype),
-                                      (((x.ndim - 1,), (0,)), ((), ()))) + bias.astype(dtype))
   return outputs
 
 
