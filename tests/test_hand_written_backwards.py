@@ -3,7 +3,6 @@ same parameters, outputs and gradients, alone and inside the TLB, so that the re
 carries over to the shipped one (`layers.LayerNorm`) and `benchmarks/backward_ab.py` times two
 versions of one function (LayerNorm, softmax, GELU)."""
 
-from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +12,7 @@ import pytest
 from benchmarks.backward_ab import OPS
 from benchmarks.backward_ab import flax_layer_norm as _flax_layer_norm
 from configs import cifar10
+from layer_patching import assert_versions_give_the_same_loss_and_gradients
 from tlb_jax.models import create_model, layers
 
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)
@@ -75,12 +75,6 @@ def test_tlb_with_hand_written_backward_has_the_autodiff_logits_and_gradients(op
     return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1).mean()
 
   attribute, autodiff_version, hand_written_version = OPS[op]
-  with mock.patch.object(layers, attribute, wraps=hand_written_version) as patched:
-    hand_written = jax.value_and_grad(loss)(params)
-  patched.assert_called()
-  with mock.patch.object(layers, attribute, autodiff_version):
-    autodiff = jax.value_and_grad(loss)(params)
-  np.testing.assert_allclose(hand_written[0], autodiff[0], rtol=1e-6)
-  for got, want in zip(jax.tree.leaves(hand_written[1]), jax.tree.leaves(autodiff[1])):
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+  assert_versions_give_the_same_loss_and_gradients(
+      loss, params, attribute, hand_written_version, autodiff_version, loss_rtol=1e-6)
 

@@ -7,7 +7,6 @@ gradients, alone and inside every model, so that the recipes' accuracy carries o
 (`benchmarks/dense_matmul_ab.py` and `benchmarks/activation_ab.py` time them)."""
 
 import importlib
-from unittest import mock
 
 import flax.linen as nn
 import jax
@@ -18,6 +17,7 @@ import pytest
 from benchmarks.activation_ab import ACTIVATIONS
 from benchmarks.dense_matmul_ab import (LAYERS, conv_patch_projection,
                                         separately_normalized_projections)
+from layer_patching import assert_versions_give_the_same_loss_and_gradients
 from tlb_jax.models import create_model, layers
 
 NO_BATCH = ((), ())
@@ -104,7 +104,7 @@ def test_patch_projection_has_the_parameters_outputs_and_gradients_of_nn_conv(pa
 
 
 def _uses(config, layer: str) -> bool:
-  """Whether the model of `config` computes with `LAYERS[layer]`."""
+  """Whether the model of `config` computes with `VERSIONS[layer]`."""
   section = config[config.model]
   if layer == 'patch_projection':
     return section.tokenizer == 'linear'
@@ -113,9 +113,13 @@ def _uses(config, layer: str) -> bool:
   return True
 
 
-@pytest.mark.parametrize('layer', sorted(VERSIONS))
-@pytest.mark.parametrize('name', ['cifar10', 'cifar10_seed', 'vit_cifar10',
-                                  'perceiver_cifar100'])
+# (config, layer) for every model and every layer version it computes with.
+MODEL_LAYERS = [(name, layer) for name in ('cifar10', 'cifar10_seed', 'vit_cifar10',
+                                           'perceiver_cifar100')
+                for layer in sorted(VERSIONS) if _uses(_small(name), layer)]
+
+
+@pytest.mark.parametrize('name, layer', MODEL_LAYERS)
 def test_every_model_has_the_logits_and_gradients_of_the_baseline_layers(name, layer):
   """In training mode, dropout on: the masks come from the same keys either way."""
   model = create_model(_small(name), num_classes=10)
@@ -129,15 +133,8 @@ def test_every_model_has_the_logits_and_gradients_of_the_baseline_layers(name, l
     return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1).mean()
 
   attribute, baseline = VERSIONS[layer]
-  with mock.patch.object(layers, attribute, wraps=getattr(layers, attribute)) as ours:
-    shipped = jax.value_and_grad(loss)(params)
-  if _uses(_small(name), layer):
-    ours.assert_called()
-  with mock.patch.object(layers, attribute, baseline):
-    reference = jax.value_and_grad(loss)(params)
-  np.testing.assert_allclose(shipped[0], reference[0], rtol=1e-5)
-  for got, want in zip(jax.tree.leaves(shipped[1]), jax.tree.leaves(reference[1])):
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+  assert_versions_give_the_same_loss_and_gradients(
+      loss, params, attribute, getattr(layers, attribute), baseline, loss_rtol=1e-5)
 
 
 def _projection_operands(shared: bool):
