@@ -40,12 +40,30 @@ def test_benchmark_command_writes_timings_flops_and_a_train_step_profile(tmp_pat
     assert result[step]['images_per_s'] > 0 and result[step]['gflop_per_image'] > 0
   assert result['train']['gflop_per_image'] > 2 * result['eval']['gflop_per_image']
   assert result['allocator'] in ('system', 'tcmalloc', 'jemalloc')
-  profile = result['train_profile']
-  assert abs(sum(row['share'] for row in profile) - 1) < 1e-6
-  backward_loop_matmul = [row for row in profile
+  profile = result['profile']
+  assert profile['step'] == 'train'
+  assert abs(sum(row['share'] for row in profile['breakdown']) - 1) < 1e-6
+  backward_loop_matmul = [row for row in profile['breakdown']
                           if (row['phase'], row['kind']) == ('backward, in a loop', 'matmul')]
   assert backward_loop_matmul and backward_loop_matmul[0]['ms'] > 0
+  assert profile['top_ops'] and all(row['ms'] > 0 for row in profile['top_ops'])
   assert list(trace_dir.rglob('*.xplane.pb'))
+
+
+def test_benchmark_command_profiles_the_eval_step_when_asked(tmp_path):
+  """`--profile_step=eval` traces the eval step: its ops are all forward ones."""
+  output = tmp_path / 'bench.json'
+  process = subprocess.run(
+      [sys.executable, '-m', 'tlb_jax.benchmark', '--config=configs/smoke.py', *ONE_LAYER_TLB,
+       '--noflops', '--repeats=1', '--warmup=1', '--profile_steps=1', '--profile_step=eval',
+       f'--profile_dir={tmp_path / "trace"}', f'--output={output}'],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=540, check=False)
+  assert process.returncode == 0, process.stderr[-3000:]
+  profile = json.loads(output.read_text())['profile']
+  assert profile['step'] == 'eval'
+  phases = {row['phase'] for row in profile['breakdown'] if row['ms'] > 0}
+  assert any(phase.startswith('forward') for phase in phases)
+  assert not any(phase.startswith('backward') for phase in phases)
 
 
 class _Program:
@@ -157,6 +175,19 @@ def test_classify_ops_finds_scan_matmuls_backward_and_dropout_random_bits():
   assert ('backward, in a loop', 'matmul') in classes
   assert ('forward, in a loop', 'matmul') in classes
   assert any(kind == 'dropout' for _, kind in classes)
+
+
+def test_top_ops_lists_the_steps_ops_by_self_time_with_their_source_path():
+  """Ops missing from the HLO (runtime spans) are left out; the source loses its jit prefix."""
+  hlo = '\n'.join([
+      'ENTRY %main (p: f32[4,4]) -> f32[4,4] {',
+      '  %a = f32[4,4] dot(%p, %p), metadata={op_name="pmap(step)/jit(main)/jvp(m)/dot"}',
+      '  %b = f32[4,4] add(%a, %a), metadata={op_name="pmap(step)/jit(main)/jvp(m)/add"}',
+      '  ROOT %c = f32[4,4] copy(%b)', '}'])
+  rows = profiling.top_ops({'a': 1.0, 'b': 3.0, 'c': 0.5, 'gone': 9.0}, hlo, count=2)
+  assert [(r['op'], r['kind'], r['source']) for r in rows] == [
+      ('b', 'other', 'jvp(m)/add'), ('a', 'matmul', 'jvp(m)/dot')]
+  np.testing.assert_allclose([r['share'] for r in rows], [3 / 4.5, 1 / 4.5])
 
 
 def test_breakdown_groups_op_times_by_phase_and_kind_largest_first():

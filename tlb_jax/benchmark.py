@@ -3,7 +3,7 @@
   python -m tlb_jax.benchmark --config=configs/cifar10_seed.py --config.batch_size=256
   python -m tlb_jax.benchmark --config=configs/cifar10_seed.py --sweep   # tokens sweep, 3 models
   python -m tlb_jax.benchmark --config=configs/cifar10_seed.py --profile_dir=/tmp/trace  # + where
-      # the train step's time goes (tlb_jax.profiling)
+      # the train step's time goes (tlb_jax.profiling); --profile_step=eval for the eval step
   python -m tlb_jax.benchmark --config=configs/cifar10.py --noflops  # timings only: two
       # compiles fewer (on a GPU one train-step compile can take most of a minute)
 
@@ -46,11 +46,12 @@ flags.DEFINE_list('sweep_models', ['tlb', 'vit', 'perceiver'], 'Models for --swe
 flags.register_validator('sweep_models', lambda names: set(names) <= set(MODELS),
                          f'--sweep_models takes names from {", ".join(MODELS)}')
 flags.DEFINE_string('output', None, 'Write the results as JSON here.')
-flags.DEFINE_string('profile_dir', None, 'Also trace --profile_steps train steps with '
-                    'jax.profiler into this directory (TensorBoard profile plugin) and print '
-                    'where their time goes: forward/backward, in the chunk scan or not, matmuls, '
-                    'dropout, the rest.')
-flags.DEFINE_integer('profile_steps', 3, 'Train steps traced with --profile_dir.')
+flags.DEFINE_string('profile_dir', None, 'Also trace --profile_steps calls of the '
+                    '--profile_step step with jax.profiler into this directory (TensorBoard '
+                    'profile plugin) and print where their time goes: forward/backward, in the '
+                    'chunk scan or not, matmuls, dropout, the rest; and its costliest ops.')
+flags.DEFINE_enum('profile_step', 'train', ['train', 'eval'], 'The step --profile_dir traces.')
+flags.DEFINE_integer('profile_steps', 3, 'Calls traced with --profile_dir.')
 flags.DEFINE_integer('loop_steps', 0, 'Also time this many steps of the training loop on '
                      'generated data (`loop_throughput`) against its step; 0: do not.')
 flags.DEFINE_bool('flops', True, 'Count FLOPs and the fraction of peak; this compiles the '
@@ -140,11 +141,10 @@ def _gflops(lowered) -> float:
 
 def pmapped_steps(config, num_classes: int, devices=None):
   """Blocking zero-argument callables running the pmapped train and eval steps on fixed
-  batches, and a function giving the compiled train step's HLO text. `devices`: the local
-  devices to run on (default: all)."""
+  batches, and {'train': f, 'eval': f}, functions giving each compiled step's HLO text.
+  `devices`: the local devices to run on (default: all)."""
   devices = devices or jax.local_devices()
   state, train_step, eval_step = _steps(config, num_classes)
-  p_eval = jax.pmap(eval_step, axis_name='batch', devices=devices)
   shard = lambda b: {k: v.reshape((len(devices), -1) + v.shape[1:]) for k, v in b.items()}
   train_batch = shard(synthetic_batch(config.batch_size, num_classes, mask=False))
   eval_batch = shard(synthetic_batch(config.batch_size, num_classes, mask=True))
@@ -152,6 +152,8 @@ def pmapped_steps(config, num_classes: int, devices=None):
   # Compiled ahead of time so that the profile reads the HLO of the very program it traces.
   p_train = jax.pmap(train_step, axis_name='batch', donate_argnums=(0,), devices=devices).lower(
       replicated['state'], train_batch).compile()
+  p_eval = jax.pmap(eval_step, axis_name='batch', devices=devices).lower(
+      replicated['state'].params, eval_batch).compile()
 
   def run_train():
     replicated['state'], step_metrics = p_train(replicated['state'], train_batch)
@@ -160,7 +162,7 @@ def pmapped_steps(config, num_classes: int, devices=None):
   def run_eval():
     jax.block_until_ready(p_eval(replicated['state'].params, eval_batch))
 
-  return run_train, run_eval, p_train.as_text
+  return run_train, run_eval, {'train': p_train.as_text, 'eval': p_eval.as_text}
 
 
 def measure(batch_size: int, steps: dict, repeats: int, warmup: int) -> dict[str, dict]:
@@ -261,25 +263,30 @@ def pmap_scaling(config, num_classes: int, per_device_batch: int, device_counts,
   return rows
 
 
-def profile_train_step(run_train, train_hlo_text, log_dir: str, num_steps: int) -> list[dict]:
-  """Traces `num_steps` warm train steps into `log_dir`; returns `profiling.breakdown` rows."""
-  trace = profiling.read_trace(profiling.capture(run_train, num_steps, log_dir))
-  hlo_text = train_hlo_text()
-  return profiling.breakdown(profiling.self_times_ms(trace, num_steps), hlo_text,
-                             profiling.idle_times_ms(trace, hlo_text, num_steps))
+def profile_step(run_step, hlo_text: str, log_dir: str, num_steps: int) -> dict[str, list]:
+  """Traces `num_steps` warm calls of `run_step` (whose compiled HLO is `hlo_text`) into
+  `log_dir`; returns {'breakdown': `profiling.breakdown` rows, 'top_ops': `profiling.top_ops`
+  rows}."""
+  trace = profiling.read_trace(profiling.capture(run_step, num_steps, log_dir))
+  op_ms = profiling.self_times_ms(trace, num_steps)
+  return {'breakdown': profiling.breakdown(op_ms, hlo_text,
+                                           profiling.idle_times_ms(trace, hlo_text, num_steps)),
+          'top_ops': profiling.top_ops(op_ms, hlo_text)}
 
 
 def benchmark(config, num_classes: int, repeats: int, warmup: int,
               profile_dir: str | None = None, profile_steps: int = 3,
-              count_flops: bool = True) -> dict:
+              count_flops: bool = True, profiled_step: str = 'train') -> dict:
   """The full table for one config: peaks, step times and (with `count_flops`) FLOPs and the
-  fraction of peak; with `profile_dir`, also 'train_profile', where the train step's time goes."""
+  fraction of peak; with `profile_dir`, also 'profile', where the time of `profiled_step`
+  ('train' or 'eval') goes (`profile_step`)."""
   config_validation.validate(config, jax.local_device_count())
   compute_dtype = np.dtype(layers.resolve_dtype(config.dtype)).name
   peaks = {'float32': matmul_peak(jnp.float32), 'bfloat16': matmul_peak(jnp.bfloat16)}
   gflops = step_gflops(config, config.batch_size, num_classes) if count_flops else None
-  run_train, run_eval, train_hlo_text = pmapped_steps(config, num_classes)
-  timings = measure(config.batch_size, {'train': run_train, 'eval': run_eval}, repeats, warmup)
+  run_train, run_eval, hlo_texts = pmapped_steps(config, num_classes)
+  runners = {'train': run_train, 'eval': run_eval}
+  timings = measure(config.batch_size, runners, repeats, warmup)
   peak = peaks.get(compute_dtype, peaks['float32'])
   if gflops:
     for name, row in timings.items():
@@ -295,8 +302,9 @@ def benchmark(config, num_classes: int, repeats: int, warmup: int,
       'matmul_peak_gflop_per_s': peaks, **timings,
   }
   if profile_dir:
-    result['train_profile'] = profile_train_step(run_train, train_hlo_text, profile_dir,
-                                                 profile_steps)
+    result['profile'] = {'step': profiled_step, 'traced_calls': profile_steps,
+                         **profile_step(runners[profiled_step], hlo_texts[profiled_step](),
+                                        profile_dir, profile_steps)}
   return result
 
 
@@ -384,7 +392,8 @@ def main(argv):
   else:
     try:
       result = benchmark(config, FLAGS.num_classes, FLAGS.repeats, FLAGS.warmup,
-                         FLAGS.profile_dir, FLAGS.profile_steps, FLAGS.flops)
+                         FLAGS.profile_dir, FLAGS.profile_steps, FLAGS.flops,
+                         FLAGS.profile_step)
     except config_validation.ConfigError as e:
       print(f'error: {e}', file=sys.stderr)
       sys.exit(2)
@@ -396,10 +405,12 @@ def main(argv):
       loop = result['loop']
       print(f"loop: {loop['loop_images_per_s']:.0f} images/s over {loop['steps']} steps, "
             f"{100 * loop['loop_over_step']:.1f}% of its step's {loop['step_images_per_s']:.0f}")
-    if 'train_profile' in result:
-      print(f'\nWhere the train step\'s time goes ({FLAGS.profile_steps} traced steps; trace in '
-            f'{FLAGS.profile_dir}):')
-      print(profiling.format_breakdown(result['train_profile']))
+    if 'profile' in result:
+      print(f'\nWhere the {FLAGS.profile_step} step\'s time goes ({FLAGS.profile_steps} traced '
+            f'calls; trace in {FLAGS.profile_dir}):')
+      print(profiling.format_breakdown(result['profile']['breakdown']))
+      print(f'\nIts costliest ops:')
+      print(profiling.format_top_ops(result['profile']['top_ops']))
   if FLAGS.output:
     with open(FLAGS.output, 'w') as f:
       json.dump(result, f, indent=2)

@@ -153,6 +153,12 @@ def _instruction_lines(hlo_text: str):
       yield match.group(1), line
 
 
+def _source(line: str) -> str:
+  """The JAX source path (`op_name` metadata) of an HLO instruction's line, or ''."""
+  source = re.search(r'op_name="([^"]*)"', line)
+  return source.group(1) if source else ''
+
+
 def classify_ops(hlo_text: str) -> dict[str, tuple[str, str]]:
   """{instruction name: (phase, kind)} for every instruction of compiled HLO text."""
   matmul_computations = set()
@@ -165,8 +171,7 @@ def classify_ops(hlo_text: str) -> dict[str, tuple[str, str]]:
       matmul_computations.add(computation)
   ops = {}
   for name, line in _instruction_lines(hlo_text):
-    source = re.search(r'op_name="([^"]*)"', line)
-    source = source.group(1) if source else ''
+    source = _source(line)
     called = re.search(r'calls=%?([\w.\-]+)', line)
     if _MATMUL_OP.search(line) or (called and called.group(1) in matmul_computations):
       kind = 'matmul'
@@ -199,6 +204,28 @@ def breakdown(op_ms: dict[str, float], hlo_text: str,
   total = sum(groups.values()) or 1.0
   return [{'phase': phase, 'kind': kind, 'ms': ms, 'share': ms / total}
           for (phase, kind), ms in groups.most_common()]
+
+
+def top_ops(op_ms: dict[str, float], hlo_text: str, count: int = 15) -> list[dict]:
+  """The `count` ops of the step's HLO with the most self time (`self_times_ms`), largest
+  first: rows {'op', 'ms', 'share' (of all its ops' self time), 'phase', 'kind', 'source' (the
+  JAX source path, its `pmap(...)/jit(...)/` prefix dropped)}."""
+  sources = {name: _source(line) for name, line in _instruction_lines(hlo_text)}
+  classes = classify_ops(hlo_text)
+  in_step = {name: ms for name, ms in op_ms.items() if name in sources}
+  total = sum(in_step.values()) or 1.0
+  largest = sorted(in_step.items(), key=lambda item: -item[1])[:count]
+  return [{'op': name, 'ms': ms, 'share': ms / total, 'phase': classes[name][0],
+           'kind': classes[name][1],
+           'source': re.sub(r'^(?:x?pmap\([^)]*\)/)?(?:jit\([^)]*\)/)*', '', sources[name])}
+          for name, ms in largest]
+
+
+def format_top_ops(rows: list[dict]) -> str:
+  lines = ['| op | ms/step (traced) | share | kind | source |', '| --- | --- | --- | --- | --- |']
+  lines += [f"| {r['op']} | {r['ms']:.2f} | {100 * r['share']:.1f}% | {r['kind']} | "
+            f"{r['source'] or '-'} |" for r in rows]
+  return '\n'.join(lines)
 
 
 def format_breakdown(rows: list[dict]) -> str:
