@@ -282,19 +282,24 @@ def test_named_activation_gives_the_values_and_gradients_of_jax_nn(ours, jax_nn)
   np.testing.assert_allclose(gradient(ours), gradient(jax_nn), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize('remat, stored', [
-    ('dots', set()), ('dots_activations', {"named 'softmax_exp'", "named 'gelu_tanh'"})])
-def test_remat_policy_stores_the_named_activations_it_lists(remat, stored, capsys):
-  """remat='dots_activations' stores the softmax exponentials and GELU tanh, which the backward
-  reads, where 'dots' recomputes them."""
-  block = AttentionBlock(num_heads=2, mlp_ratio=2)
+_NAMED_ACTIVATIONS = ("named 'softmax_exp'", "named 'gelu_tanh'", "named 'gelu_erf'")
+
+
+@pytest.mark.parametrize('remat, approximate_gelu, stored', [
+    ('dots', True, set()), ('dots', False, set()),
+    ('dots_activations', True, {"named 'softmax_exp'", "named 'gelu_tanh'"}),
+    ('dots_activations', False, {"named 'softmax_exp'", "named 'gelu_erf'"})])
+def test_remat_policy_stores_the_named_activations_it_lists(remat, approximate_gelu, stored,
+                                                            capsys):
+  """remat='dots_activations' stores the softmax exponentials and the GELU's tanh or erf, which
+  the backward reads, where 'dots' recomputes them."""
+  block = AttentionBlock(num_heads=2, mlp_ratio=2, approximate_gelu=approximate_gelu)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 8))
   params = block.init(jax.random.PRNGKey(1), x, deterministic=True)
   loss = lambda params, x: block.apply(params, x, deterministic=True)[0].sum()
   print_saved_residuals(jax.checkpoint(loss, policy=REMAT_POLICIES[remat]), params, x)
   residuals = capsys.readouterr().out
-  assert {name for name in ("named 'softmax_exp'", "named 'gelu_tanh'") if name in residuals
-          } == stored
+  assert {name for name in _NAMED_ACTIVATIONS if name in residuals} == stored
 
 
 def _patch_tokens(tokenizer, images):

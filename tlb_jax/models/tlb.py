@@ -35,8 +35,8 @@ import jax
 import jax.numpy as jnp
 
 from tlb_jax.choices import KERAS_FANS, REMATS
-from tlb_jax.models.layers import (DROPOUT_MASK, GELU_TANH, SOFTMAX_EXP, AttentionBlock, Dtype,
-                                   PatchEmbed, classification_head)
+from tlb_jax.models.layers import (DROPOUT_MASK, GELU_ERF, GELU_TANH, SOFTMAX_EXP, AttentionBlock,
+                                   Dtype, PatchEmbed, classification_head)
 
 HEADS = ('slow_mean', 'fast_last_mean')
 VARIANTS = ('paper', 'keras_seed')
@@ -49,11 +49,12 @@ REMAT_POLICIES = {
     'dots': jax.checkpoint_policies.save_from_both_policies(
         jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
         jax.checkpoint_policies.save_only_these_names(DROPOUT_MASK)),
-    # 'dots' plus the softmax exponentials and GELU tanh that the backward reads: it recomputes
-    # no transcendental function.
+    # 'dots' plus the softmax exponentials and the GELU's tanh or erf that the backward reads:
+    # it recomputes no transcendental function but the erf GELU's derivative's exp.
     'dots_activations': jax.checkpoint_policies.save_from_both_policies(
         jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-        jax.checkpoint_policies.save_only_these_names(DROPOUT_MASK, SOFTMAX_EXP, GELU_TANH)),
+        jax.checkpoint_policies.save_only_these_names(DROPOUT_MASK, SOFTMAX_EXP, GELU_TANH,
+                                                      GELU_ERF)),
 }
 
 
@@ -195,8 +196,9 @@ class TLB(nn.Module):
     scan_unroll: chunks per iteration of the compiled scan loop.
     remat: what the backward pass recomputes instead of storing for every chunk: 'none'
       (store everything), 'dots' (store projection outputs and dropout masks, recompute the
-      rest), 'dots_activations' ('dots' and the softmax exponentials and GELU tanh) or 'full'
-      (store only the carried streams). The hoisted blocks (below) follow the same policy.
+      rest), 'dots_activations' ('dots' and the softmax exponentials and the GELU's tanh or erf)
+      or 'full' (store only the carried streams). The hoisted blocks (below) follow the same
+      policy.
 
   Hoisting: in the 'paper' variant the first `num_prefix_layers` fast-stream blocks (those
   before the first cross-attention; 2 of 4 with r = 2) do not read the slow stream. They run
