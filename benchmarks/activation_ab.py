@@ -11,7 +11,7 @@ erfc, against `layers.gelu_erf`, 0.5 x (1 + erf(x / sqrt(2))), in the seed's MLP
 
 Both are `tlb_jax.benchmark`'s pmapped train step (augmentation included) of the same config on
 one fixed random batch, compiled in this process, on the host devices `main.py` would train on.
-Each pair times the two back to back, in alternating order (`time_pairs`).
+Each pair interleaves the two call by call (`time_pairs`).
 """
 
 import functools

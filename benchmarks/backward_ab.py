@@ -11,9 +11,9 @@ the model ships.
 
 Both are `tlb_jax.train.train_step` (augmentation included) of the same config, pmapped and
 compiled as `tlb_jax.benchmark` runs it on the host devices `main.py` would train on, on one
-fixed random batch, each with the model's op replaced by its version. Each pair times the two
-back to back (in alternating order), the median of `--repeats` calls each, so that the drift of
-a shared machine's speed falls on both; compare the ratios, not figures of other runs.
+fixed random batch, each with the model's op replaced by its version. Each pair interleaves the two
+call by call, `--repeats` calls each (`config_ab.time_pairs`), so that the drift of a shared
+machine's speed falls on both; compare the ratios, not figures of other runs.
 """
 
 import argparse

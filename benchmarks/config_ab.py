@@ -8,14 +8,14 @@ A and B are the config (a module of configs/) with their `--a` / `--b` overrides
 dotted fields, values read as Python literals or else as strings). Each is the pmapped
 `tlb_jax.train.train_step` (augmentation included) that `tlb_jax.benchmark` times, compiled once
 in this process, on one fixed random batch, both on the host devices `main.py` would train A on.
-Each pair times A and B back to back (in alternating order), the median of `--repeats` calls
-each, so that the drift of a shared machine's speed falls on both; compare the ratios, not
-figures of other runs.
+Each pair runs `--repeats` calls of each, interleaved call by call (`time_pairs`), so that the
+drift of a shared machine's speed falls on both; compare the ratios, not figures of other runs.
 """
 
 import argparse
 import ast
 import importlib
+import time
 from unittest import mock
 
 import jax
@@ -132,19 +132,30 @@ def with_overrides(config, overrides: list[str]):
 
 
 def time_pairs(runners: dict, batch_sizes: dict, pairs: int, repeats: int, warmup: int) -> None:
-  """Times two steps ({name: blocking callable}, the baseline first) in `pairs` interleaved
-  pairs, the order alternating, and prints each pair's images/s, their ratio (second over
-  first) and the median ratio. `batch_sizes`: {name: images per call}."""
+  """Times two steps ({name: blocking callable}, the baseline first) in `pairs` pairs of
+  `repeats` calls each, interleaved call by call (A B, B A, A B, ...), so that a slow spell of a
+  shared machine, which lasts seconds, falls on both. Prints each pair's images/s (the median
+  call of each) and its ratio (second over first: the median of its rounds' ratios), then the
+  median ratio of all rounds. `batch_sizes`: {name: images per call}."""
   first, second = runners
-  ratios = []
+  for name in (first, second):
+    for _ in range(warmup):
+      runners[name]()
+  all_ratios = []
   for pair in range(pairs):
-    order = (first, second) if pair % 2 == 0 else (second, first)
-    rate = {name: batch_sizes[name] / benchmark.median_seconds(runners[name], repeats, warmup)
-            for name in order}
-    ratios.append(rate[second] / rate[first])
-    print(f'pair {pair}: {first} {rate[first]:.1f}, {second} {rate[second]:.1f}, '
-          f'ratio {second}/{first} {ratios[-1]:.3f}', flush=True)
-  print(f'median ratio {second}/{first}: {np.median(ratios):.3f}')
+    seconds = {first: [], second: []}
+    for call in range(repeats):
+      for name in ((first, second) if (pair * repeats + call) % 2 == 0 else (second, first)):
+        start = time.perf_counter()
+        runners[name]()
+        seconds[name].append(time.perf_counter() - start)
+    rate = {name: batch_sizes[name] / np.array(times) for name, times in seconds.items()}
+    ratios = rate[second] / rate[first]
+    all_ratios.extend(ratios)
+    print(f'pair {pair}: {first} {np.median(rate[first]):.1f}, {second} '
+          f'{np.median(rate[second]):.1f}, ratio {second}/{first} {np.median(ratios):.3f}',
+          flush=True)
+  print(f'median ratio {second}/{first}: {np.median(all_ratios):.3f}')
 
 
 def main(argv=None):

@@ -20,7 +20,7 @@ matmul for the projections of the same input (`--config=cifar10_seed` only).
 
 Both are `tlb_jax.benchmark`'s pmapped train step (augmentation included) of the same config on
 one fixed random batch, compiled in this process, on the host devices `main.py` would train on.
-Each pair times the two back to back, in alternating order (`time_pairs`).
+Each pair interleaves the two call by call (`time_pairs`).
 """
 
 import flax.linen as nn

@@ -9,9 +9,9 @@ before the chunk scan and of one that runs them inside it.
 (in_scan) and `TLB` (hoisted). --step=eval: `evaluation.eval_step` (the central view, with its
 metrics) of `TLB`, which evaluates inside the scan (in_scan), and `TLBHoistingInEvaluation`
 (hoisted). Both of the same config and parameters, pmapped as `tlb_jax.benchmark` runs them on
-the host devices `main.py` would train on, on one fixed random batch. Each pair times the two
-back to back (in alternating order), the median of `--repeats` calls each, so that the drift
-of a shared machine's speed falls on both; compare the ratios, not figures of other runs.
+the host devices `main.py` would train on, on one fixed random batch. Each pair interleaves the two
+call by call, `--repeats` calls each (`config_ab.time_pairs`), so that the drift of a shared
+machine's speed falls on both; compare the ratios, not figures of other runs.
 """
 
 import argparse

@@ -305,3 +305,34 @@ def test_config_ab_overrides_dotted_fields_with_literals_or_strings_and_leaves_t
 def test_config_ab_rejects_an_unknown_field_or_a_missing_value(override):
   with pytest.raises(SystemExit, match='error: '):
     config_ab.with_overrides(smoke.get_config(), [override])
+
+
+def _clocked_runners(monkeypatch, seconds: dict) -> tuple[dict, list[str]]:
+  """Runners {name: callable} that each advance a fake `time.perf_counter` by `seconds[name]`
+  per call, and the list they append their names to as they run."""
+  clock, calls = [0.0], []
+  monkeypatch.setattr(config_ab.time, 'perf_counter', lambda: clock[0])
+
+  def runner(name):
+    def run():
+      calls.append(name)
+      clock[0] += seconds[name]
+    return run
+
+  return {name: runner(name) for name in seconds}, calls
+
+
+def test_time_pairs_interleaves_the_two_steps_call_by_call(monkeypatch, capsys):
+  runners, calls = _clocked_runners(monkeypatch, {'a': 1.0, 'b': 1.0})
+  config_ab.time_pairs(runners, {'a': 1, 'b': 1}, pairs=2, repeats=3, warmup=1)
+  assert ''.join(calls) == 'ab' + 'abbaab' + 'baabba'
+  assert capsys.readouterr().out.count('pair ') == 2
+
+
+def test_time_pairs_reports_the_second_steps_speed_over_the_firsts(monkeypatch, capsys):
+  """B takes half A's time per call on twice A's batch: 4x A's images/s."""
+  runners, _ = _clocked_runners(monkeypatch, {'a': 0.2, 'b': 0.1})
+  config_ab.time_pairs(runners, {'a': 10, 'b': 20}, pairs=1, repeats=4, warmup=0)
+  output = capsys.readouterr().out
+  assert 'pair 0: a 50.0, b 200.0, ratio b/a 4.000' in output
+  assert 'median ratio b/a: 4.000' in output
