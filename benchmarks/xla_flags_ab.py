@@ -1,23 +1,28 @@
 r"""A/B of XLA flags: the train and eval steps' images/s with and without them, in interleaved pairs.
 
-  python -m benchmarks.xla_flags_ab --b=--xla_cpu_experimental_ynn_fusion_type=+dot,+eltwise
+  python -m benchmarks.xla_flags_ab --b=--xla_cpu_enable_fast_math=true
   python -m benchmarks.xla_flags_ab --config=cifar10_seed --batch_size=256 --pairs=4 \
-      --b=--xla_cpu_experimental_ynn_fusion_type=-individual_dot
+      --b=--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_DOT
 
-XLA reads its flags once, when the backend starts, so each measurement is its own process:
-`python -m tlb_jax.benchmark --config=configs/<config>.py --noflops`, with A's or B's flags
-appended to XLA_FLAGS. Each pair runs A and B back to back, the order alternating, so that the
-drift of a shared machine's speed falls on both; compare the ratios, not figures of other runs.
+Each side's flags are XLA compile options of its own compilation of `tlb_jax.benchmark`'s
+pmapped train and eval steps (`pmapped_steps(compiler_options=...)`), so both live in this
+process, on the host devices `main.py` would train on, and each pair interleaves them call by
+call (`config_ab.time_pairs`), first the train steps, then the eval steps: the drift of a
+shared machine's speed falls on both; compare the ratios, not figures of other runs.
+
+Values are read as compile options, not as XLA_FLAGS reads them: a list takes the enum names,
+comma-separated, instead of XLA_FLAGS's +/- edits of the default (XLA_FLAGS's `+dot` is
+`LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_DOT` here; an empty value empties the
+list). Flags of the backend itself (such as the host device count) are not compile options:
+set those in XLA_FLAGS, for both sides.
 """
 
-import json
-import os
-import statistics
-import subprocess
-import sys
-import tempfile
+import importlib
+
+import jax
 
 from benchmarks import config_ab
+from tlb_jax import allocator, benchmark, config_validation
 
 STEPS = ('train', 'eval')
 
@@ -30,61 +35,48 @@ def parse_args(argv=None):
                       help="B's XLA flags (repeat for several)")
   args = parser.parse_args(argv)
   for flag in args.a + args.b:
-    if not flag.startswith('--xla_'):
+    if not flag.startswith('--xla_') or '=' not in flag:
       parser.error(f'{flag!r} is not an XLA flag: write it as --xla_NAME=VALUE')
   return args
 
 
-def with_xla_flags(environ: dict, xla_flags: list[str]) -> dict:
-  """A copy of `environ` with `xla_flags` appended to its XLA_FLAGS (later flags win in XLA)."""
-  merged = ' '.join([environ.get('XLA_FLAGS', '')] + xla_flags).strip()
-  return {**environ, 'XLA_FLAGS': merged}
+def compiler_options(flags: list[str]) -> dict[str, str]:
+  """['--xla_NAME=VALUE', ...] -> {'xla_NAME': 'VALUE'}, later flags winning as in XLA_FLAGS."""
+  return dict(flag[2:].split('=', 1) for flag in flags)
 
 
-def benchmark_command(config: str, batch_size: int, repeats: int, warmup: int,
-                      output: str) -> list[str]:
-  return [sys.executable, '-m', 'tlb_jax.benchmark', f'--config=configs/{config}.py',
-          f'--config.batch_size={batch_size}', '--noflops', f'--repeats={repeats}',
-          f'--warmup={warmup}', f'--output={output}']
-
-
-def measure(command: list[str], environ: dict, output: str) -> dict:
-  """Runs one benchmark process, which writes its JSON to `output`; returns {step: images/s}.
+def compile_steps(config, flags: list[str]):
+  """`benchmark.pmapped_steps` of `config` compiled with `flags`.
 
   Raises:
-    SystemExit: the benchmark failed (its output is printed), for instance on a flag XLA rejects.
+    SystemExit: XLA rejects a flag as a compile option (one line, naming the flags).
   """
-  completed = subprocess.run(command, env=environ, capture_output=True, text=True)
-  if completed.returncode != 0:
-    sys.stderr.write(completed.stdout + completed.stderr)
-    raise SystemExit(f'error: the benchmark failed under XLA_FLAGS={environ["XLA_FLAGS"]!r}')
-  with open(output) as f:
-    result = json.load(f)
-  return {step: result[step]['images_per_s'] for step in STEPS}
+  try:
+    return benchmark.pmapped_steps(config, config_ab.NUM_CLASSES[config.dataset],
+                                   compiler_options=compiler_options(flags))
+  except Exception as e:  # pylint: disable=broad-except  # XLA's errors have no common type
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise SystemExit(f"error: XLA did not compile with {' '.join(flags)}: {reason}") from e
 
 
 def main(argv=None):
   args = parse_args(argv)
-  flags = {'A': args.a, 'B': args.b}
-  print(f'configs/{args.config}.py, batch {args.batch_size}; images/s; '
+  config = importlib.import_module(f'configs.{args.config}').get_config()
+  config.batch_size = config.eval_batch_size = args.batch_size
+  config_ab.use_trainer_devices(config)
+  config_validation.validate(config, jax.local_device_count())
+  steps = {'A': compile_steps(config, args.a), 'B': compile_steps(config, args.b)}
+  print(f'configs/{args.config}.py, batch {args.batch_size}, {jax.local_device_count()} devices, '
+        f'{allocator.preloaded_allocator()} malloc; images/s; '
         f"A: {' '.join(args.a) or 'XLA defaults'}; B: {' '.join(args.b) or 'XLA defaults'}",
         flush=True)
-  ratios = {step: [] for step in STEPS}
-  with tempfile.TemporaryDirectory() as tmp:
-    output = os.path.join(tmp, 'result.json')
-    command = benchmark_command(args.config, args.batch_size, args.repeats, args.warmup, output)
-    for pair in range(args.pairs):
-      order = ('A', 'B') if pair % 2 == 0 else ('B', 'A')
-      rate = {name: measure(command, with_xla_flags(dict(os.environ), flags[name]), output)
-              for name in order}
-      for step in STEPS:
-        ratios[step].append(rate['B'][step] / rate['A'][step])
-      print(f"pair {pair}: train A {rate['A']['train']:.1f}, B {rate['B']['train']:.1f}, "
-            f"ratio {ratios['train'][-1]:.3f}; eval A {rate['A']['eval']:.1f}, "
-            f"B {rate['B']['eval']:.1f}, ratio {ratios['eval'][-1]:.3f}", flush=True)
-  for step in STEPS:
-    print(f'median ratio B/A, {step}: {statistics.median(ratios[step]):.3f}')
+  for index, step in enumerate(STEPS):
+    print(f'{step} step:', flush=True)
+    config_ab.time_pairs({name: runners[index] for name, runners in steps.items()},
+                         dict.fromkeys(steps, args.batch_size), args.pairs, args.repeats,
+                         args.warmup)
 
 
 if __name__ == '__main__':
+  allocator.use_tcmalloc()
   main()

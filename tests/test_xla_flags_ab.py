@@ -1,37 +1,35 @@
-"""`benchmarks.xla_flags_ab`: each side's flags reach its benchmark process, and a flag that is
-not XLA's, or one XLA rejects, stops the A/B with a one-line error."""
-
-import sys
+"""`benchmarks.xla_flags_ab`: each side's flags become compile options of its own compilation,
+and a flag that is not XLA's, or one XLA rejects, stops the A/B with a one-line error."""
 
 import pytest
 
 from benchmarks import xla_flags_ab
+from configs import smoke
 
 
-def test_side_flags_follow_the_callers_xla_flags():
-  environ = xla_flags_ab.with_xla_flags({'XLA_FLAGS': '--xla_a=1', 'HOME': '/h'}, ['--xla_b=2'])
-  assert environ == {'XLA_FLAGS': '--xla_a=1 --xla_b=2', 'HOME': '/h'}
+def test_flags_become_compile_options_the_later_winning():
+  assert xla_flags_ab.compiler_options(
+      ['--xla_cpu_a=1', '--xla_cpu_b=+dot,-x', '--xla_cpu_a=2']) == {
+          'xla_cpu_a': '2', 'xla_cpu_b': '+dot,-x'}
 
 
-def test_no_side_flags_keep_the_callers_xla_flags():
-  assert xla_flags_ab.with_xla_flags({}, [])['XLA_FLAGS'] == ''
-
-
-def test_a_flag_that_is_not_xlas_is_refused(capsys):
+@pytest.mark.parametrize('flag', ['--config.batch_size=64', '--xla_cpu_fast_math'])
+def test_a_flag_that_is_not_xla_name_value_is_refused(flag, capsys):
   with pytest.raises(SystemExit):
-    xla_flags_ab.parse_args(['--b=--config.batch_size=64'])
+    xla_flags_ab.parse_args([f'--b={flag}'])
   assert 'is not an XLA flag' in capsys.readouterr().err
 
 
-def test_a_failed_benchmark_process_names_its_flags(tmp_path, capsys):
-  failing = [sys.executable, '-c', 'import sys; print("bad flag"); sys.exit(1)']
-  with pytest.raises(SystemExit, match='--xla_bogus=1'):
-    xla_flags_ab.measure(failing, {'XLA_FLAGS': '--xla_bogus=1'}, str(tmp_path / 'result.json'))
-  assert 'bad flag' in capsys.readouterr().err
+def test_a_flag_xla_rejects_stops_the_ab_naming_it():
+  config = smoke.get_config()
+  with pytest.raises(SystemExit, match='error: XLA did not compile with --xla_bogus_option=1'):
+    xla_flags_ab.compile_steps(config, ['--xla_bogus_option=1'])
 
 
-def test_benchmark_command_times_the_named_config_without_counting_flops():
-  command = xla_flags_ab.benchmark_command('cifar10', 128, 5, 2, '/tmp/r.json')
-  assert command[1:] == ['-m', 'tlb_jax.benchmark', '--config=configs/cifar10.py',
-                         '--config.batch_size=128', '--noflops', '--repeats=5', '--warmup=2',
-                         '--output=/tmp/r.json']
+def test_each_side_compiles_with_its_own_flags():
+  """With the YNNPACK fusion list emptied, the train step has none of XLA's YNNPACK fusions."""
+  config = smoke.get_config()
+  config.tlb.update(num_layers=1, cross_attention_every=1)
+  _, _, plain = xla_flags_ab.compile_steps(config, [])
+  _, _, without = xla_flags_ab.compile_steps(config, ['--xla_cpu_experimental_ynn_fusion_type='])
+  assert '__ynn_fusion' in plain['train']() and '__ynn_fusion' not in without['train']()

@@ -139,10 +139,12 @@ def _gflops(lowered) -> float:
   return cost['flops'] / 1e9 if cost and 'flops' in cost else float('nan')
 
 
-def pmapped_steps(config, num_classes: int, devices=None):
+def pmapped_steps(config, num_classes: int, devices=None, compiler_options=None):
   """Blocking zero-argument callables running the pmapped train and eval steps on fixed
   batches, and {'train': f, 'eval': f}, functions giving each compiled step's HLO text.
-  `devices`: the local devices to run on (default: all)."""
+  `devices`: the local devices to run on (default: all). `compiler_options`: XLA options
+  ({'xla_cpu_...': value}, as XLA_FLAGS names them without '--') for these two compilations
+  only."""
   devices = devices or jax.local_devices()
   state, train_step, eval_step = _steps(config, num_classes)
   shard = lambda b: {k: v.reshape((len(devices), -1) + v.shape[1:]) for k, v in b.items()}
@@ -151,9 +153,9 @@ def pmapped_steps(config, num_classes: int, devices=None):
   replicated = {'state': jax_utils.replicate(state, devices, axis_name='batch')}
   # Compiled ahead of time so that the profile reads the HLO of the very program it traces.
   p_train = jax.pmap(train_step, axis_name='batch', donate_argnums=(0,), devices=devices).lower(
-      replicated['state'], train_batch).compile()
+      replicated['state'], train_batch).compile(compiler_options)
   p_eval = jax.pmap(eval_step, axis_name='batch', devices=devices).lower(
-      replicated['state'].params, eval_batch).compile()
+      replicated['state'].params, eval_batch).compile(compiler_options)
 
   def run_train():
     replicated['state'], step_metrics = p_train(replicated['state'], train_batch)
