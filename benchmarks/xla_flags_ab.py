@@ -13,8 +13,8 @@ shared machine's speed falls on both; compare the ratios, not figures of other r
 Values are read as compile options, not as XLA_FLAGS reads them: a list takes the enum names,
 comma-separated, instead of XLA_FLAGS's +/- edits of the default (XLA_FLAGS's `+dot` is
 `LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_DOT` here; an empty value empties the
-list). Flags of the backend itself (such as the host device count) are not compile options:
-set those in XLA_FLAGS, for both sides.
+list). Flags of the backend itself (such as the host device count) and map-valued ones
+(`--xla_backend_extra_options`) are not compile options: set those in XLA_FLAGS, for both sides.
 """
 
 import importlib
@@ -40,9 +40,21 @@ def parse_args(argv=None):
   return args
 
 
-def compiler_options(flags: list[str]) -> dict[str, str]:
-  """['--xla_NAME=VALUE', ...] -> {'xla_NAME': 'VALUE'}, later flags winning as in XLA_FLAGS."""
-  return dict(flag[2:].split('=', 1) for flag in flags)
+def compiler_options(flags: list[str]) -> dict[str, bool | int | float | str]:
+  """['--xla_NAME=VALUE', ...] -> {'xla_NAME': VALUE}, later flags winning as in XLA_FLAGS;
+  XLA takes booleans and numbers as such ('true' -> True, '4' -> 4), the rest as strings."""
+  return {name: _option_value(text) for name, text in (flag[2:].split('=', 1) for flag in flags)}
+
+
+def _option_value(text: str) -> bool | int | float | str:
+  if text.lower() in ('true', 'false'):
+    return text.lower() == 'true'
+  for kind in (int, float):
+    try:
+      return kind(text)
+    except ValueError:
+      pass
+  return text
 
 
 def compile_steps(config, flags: list[str]):

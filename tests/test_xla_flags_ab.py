@@ -7,10 +7,12 @@ from benchmarks import xla_flags_ab
 from configs import smoke
 
 
-def test_flags_become_compile_options_the_later_winning():
+def test_flags_become_typed_compile_options_the_later_winning():
   assert xla_flags_ab.compiler_options(
-      ['--xla_cpu_a=1', '--xla_cpu_b=+dot,-x', '--xla_cpu_a=2']) == {
-          'xla_cpu_a': '2', 'xla_cpu_b': '+dot,-x'}
+      ['--xla_cpu_a=1', '--xla_cpu_b=A,B', '--xla_cpu_c=false', '--xla_cpu_d=0.5',
+       '--xla_cpu_a=2', '--xla_cpu_e=True']) == {
+          'xla_cpu_a': 2, 'xla_cpu_b': 'A,B', 'xla_cpu_c': False, 'xla_cpu_d': 0.5,
+          'xla_cpu_e': True}
 
 
 @pytest.mark.parametrize('flag', ['--config.batch_size=64', '--xla_cpu_fast_math'])
