@@ -28,9 +28,11 @@ keras = keras_seed.keras
 STEPS = 20
 BATCH = 16
 LOSS_TOLERANCE = 1e-3
-# A third of one step's largest move (the learning rate). Adding epsilon where optax adds it
-# instead of where Keras does alone moves some parameters about 1e-4 apart in these 20 steps.
-PARAMETER_TOLERANCE = 0.3 * keras_seed.SEED_CONFIG['learning_rate']
+# Half of one step's largest move (the learning rate). Adding epsilon where optax adds it
+# instead of where Keras does alone moves some parameters about 1e-4 apart in these 20 steps;
+# rounding alone, which differs from CPU to CPU with the kernels XLA and TensorFlow pick, up to
+# 3.4e-5 (a 2-core AMD EPYC with AVX2).
+PARAMETER_TOLERANCE = 0.5 * keras_seed.SEED_CONFIG['learning_rate']
 # The shapes trained. 'small' is test_keras_port's 'other' with one layer and r = 2, the fewest
 # blocks (the least to compile, in both frameworks) that keep both kinds of block of the seed's
 # perceptual list: block 0, which also cross-attends to the slow stream, and the block the seed
