@@ -2,7 +2,7 @@ r"""A/B of XLA flags: the train and eval steps' images/s with and without them, 
 
   python -m benchmarks.xla_flags_ab --b=--xla_cpu_enable_fast_math=true
   python -m benchmarks.xla_flags_ab --config=cifar10_seed --batch_size=256 --pairs=4 \
-      --b=--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_DOT
+      --b=--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT
 
 Each side's flags are XLA compile options of its own compilation of `tlb_jax.benchmark`'s
 pmapped train and eval steps (`pmapped_steps(compiler_options=...)`), so both live in this
@@ -11,10 +11,12 @@ call (`config_ab.time_pairs`), first the train steps, then the eval steps: the d
 shared machine's speed falls on both; compare the ratios, not figures of other runs.
 
 Values are read as compile options, not as XLA_FLAGS reads them: a list takes the enum names,
-comma-separated, instead of XLA_FLAGS's +/- edits of the default (XLA_FLAGS's `+dot` is
-`LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_DOT` here; an empty value empties the
-list). Flags of the backend itself (such as the host device count) and map-valued ones
-(`--xla_backend_extra_options`) are not compile options: set those in XLA_FLAGS, for both sides.
+comma-separated, and replaces XLA's default instead of editing it with XLA_FLAGS's +/- (with
+jax 0.10.2 the default YNNPACK fusion list gives this project's steps as many fusions as
+`LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE`, so XLA_FLAGS's `+dot` is that
+list and `LIBRARY_FUSION_TYPE_DOT`; an empty value empties the list). Flags of the backend
+itself (such as the host device count) and map-valued ones (`--xla_backend_extra_options`) are
+not compile options: set those in XLA_FLAGS, for both sides.
 """
 
 import importlib
