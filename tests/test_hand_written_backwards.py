@@ -3,7 +3,6 @@ same parameters, outputs and gradients, alone and inside the TLB, so that the re
 carries over to the shipped one (`layers.LayerNorm`) and `benchmarks/backward_ab.py` times two
 versions of one function (LayerNorm, softmax, GELU)."""
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
