@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
-from benchmarks.config_ab import layer_ab_parser, time_layer_versions
+from benchmarks.config_ab import shared_overrides_ab_parser, time_layer_versions
 from tlb_jax import allocator
 from tlb_jax.models import layers
 
@@ -125,7 +125,7 @@ OPS = {'layer_norm': ('LayerNorm', flax_layer_norm, layers.LayerNorm),
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  parser = layer_ab_parser('backward_ab', __doc__)
+  parser = shared_overrides_ab_parser('backward_ab', __doc__)
   parser.add_argument('--op', choices=sorted(OPS), required=True)
   return parser.parse_args(argv)
 

@@ -1,13 +1,17 @@
-r"""A/B of two settings of a config: the train step's images/s of each, in interleaved pairs.
+r"""A/B of two settings of a config: the train (or eval) step's images/s of each, in interleaved
+pairs.
 
   python -m benchmarks.config_ab --b=tlb.remat=dots_activations            # configs/cifar10.py
   python -m benchmarks.config_ab --config=cifar10_seed --a=tlb.variant=paper \
       --b=tlb.variant=paper --b=tlb.remat=full --batch_size=256
+  python -m benchmarks.config_ab --step=eval --b=tlb.scan_unroll=1
 
 A and B are the config (a module of configs/) with their `--a` / `--b` overrides (`field=value`,
 dotted fields, values read as Python literals or else as strings). Each is the pmapped
-`tlb_jax.train.train_step` (augmentation included) that `tlb_jax.benchmark` times, compiled once
-in this process, on one fixed random batch, both on the host devices `main.py` would train A on.
+`tlb_jax.train.train_step` (augmentation included) or, with `--step=eval`,
+`tlb_jax.evaluation.eval_step` (the central view, with its metrics) that `tlb_jax.benchmark`
+times, compiled once in this process, on one fixed random batch of `--batch_size` images, both
+on the host devices `main.py` would train A on.
 Each pair runs `--repeats` calls of each, interleaved call by call (`time_pairs`), so that the
 drift of a shared machine's speed falls on both; compare the ratios, not figures of other runs.
 """
@@ -40,7 +44,7 @@ def time_layer_versions(args: argparse.Namespace, attribute: str, versions: dict
   `tlb_jax.models.layers.<attribute>` replaced by each of `versions` ({name: replacement}, the
   baseline first), in interleaved pairs (`time_pairs`), on the trainer's host devices; each
   step is compiled before any is timed. `description` goes into the printed header. `args`
-  from `layer_ab_parser`: its `--set` overrides apply to every version."""
+  from `shared_overrides_ab_parser`: its `--set` overrides apply to every version."""
   config = importlib.import_module(f'configs.{args.config}').get_config()
   config.batch_size = config.eval_batch_size = args.batch_size
   config = with_overrides(config, args.set)
@@ -71,12 +75,13 @@ def step_ab_parser(module: str, description: str, pairs: int = 3) -> argparse.Ar
   return parser
 
 
-def layer_ab_parser(module: str, description: str) -> argparse.ArgumentParser:
-  """`step_ab_parser` and `--set`, overrides of the config for both versions of a layer
-  (`time_layer_versions`)."""
-  parser = step_ab_parser(module, description)
+def shared_overrides_ab_parser(module: str, description: str,
+                               pairs: int = 3) -> argparse.ArgumentParser:
+  """`step_ab_parser` and `--set`, overrides of the config for both sides of the A/B (the two
+  versions of a layer in `time_layer_versions`)."""
+  parser = step_ab_parser(module, description, pairs)
   parser.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',
-                      help='an override of the config for both versions, as in config_ab '
+                      help='an override of the config for both sides, as in config_ab '
                       '(repeat the flag for several)')
   return parser
 
@@ -86,7 +91,7 @@ def layer_versions_main(module: str, description: str, option: str, versions: di
   """Runs an A/B of layer versions: `--<option>` picks an entry of `versions` ({choice:
   (attribute of tlb_jax.models.layers, the baseline put in its place)}, the first the default)
   and `time_layer_versions` times that baseline against the model's own version."""
-  parser = layer_ab_parser(module, description)
+  parser = shared_overrides_ab_parser(module, description)
   parser.add_argument(f'--{option}', choices=sorted(versions), default=next(iter(versions)))
   args = parser.parse_args(argv)
   choice = getattr(args, option)
@@ -98,6 +103,8 @@ def layer_versions_main(module: str, description: str, option: str, versions: di
 
 def parse_args(argv=None) -> argparse.Namespace:
   parser = step_ab_parser('config_ab', __doc__)
+  parser.add_argument('--step', choices=('train', 'eval'), default='train',
+                      help='the step timed: training or evaluation (`evaluation.eval_step`)')
   parser.add_argument('--a', action='append', default=[], metavar='FIELD=VALUE',
                       help="A's overrides (repeat the flag for several)")
   parser.add_argument('--b', action='append', default=[], metavar='FIELD=VALUE',
@@ -167,11 +174,12 @@ def main(argv=None):
   runners, batch_sizes = {}, {}
   for name, config in configs.items():
     config_validation.validate(config, jax.local_device_count())
-    runners[name], _, _ = benchmark.pmapped_steps(config, NUM_CLASSES[config.dataset])
+    run_train, run_eval, _ = benchmark.pmapped_steps(config, NUM_CLASSES[config.dataset])
+    runners[name] = run_train if args.step == 'train' else run_eval
     batch_sizes[name] = config.batch_size
     runners[name]()  # compile both before timing either
   print(f'configs/{args.config}.py, batch {args.batch_size}, {jax.local_device_count()} devices, '
-        f'{allocator.preloaded_allocator()} malloc; train images/s; '
+        f'{allocator.preloaded_allocator()} malloc; {args.step} images/s; '
         f"A: {' '.join(args.a) or 'as it is'}; B: {' '.join(args.b) or 'as it is'}")
   time_pairs(runners, batch_sizes, args.pairs, args.repeats, args.warmup)
 

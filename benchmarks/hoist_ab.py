@@ -1,9 +1,10 @@
-"""A/B of hoisting: step images/s of a TLB whose first fast-stream blocks run on all chunks
+r"""A/B of hoisting: step images/s of a TLB whose first fast-stream blocks run on all chunks
 before the chunk scan and of one that runs them inside it.
 
   python -m benchmarks.hoist_ab                       # configs/cifar10.py, batch 128
   python -m benchmarks.hoist_ab --step=eval
-  python -m benchmarks.hoist_ab --config=cifar10_seed --variant=paper --batch_size=256
+  python -m benchmarks.hoist_ab --config=cifar10_seed --variant=paper --batch_size=256 \
+      --set=microbatch_size=0    # the seed's size on one host device per core
 
 --step=train: `tlb_jax.train.train_step` (augmentation included) of `TLBWithoutHoisting`
 (in_scan) and `TLB` (hoisted). --step=eval: `evaluation.eval_step` (the central view, with its
@@ -21,7 +22,8 @@ import importlib
 import jax
 from flax import jax_utils
 
-from benchmarks.config_ab import step_ab_parser, time_pairs, use_trainer_devices
+from benchmarks.config_ab import (shared_overrides_ab_parser, time_pairs,
+                                  use_trainer_devices, with_overrides)
 from tlb_jax import allocator, benchmark, evaluation, train, train_state
 from tlb_jax.models import create_model
 from tlb_jax.models.tlb import TLB, TLBWithoutHoisting
@@ -36,7 +38,7 @@ class TLBHoistingInEvaluation(TLB):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  parser = step_ab_parser('hoist_ab', __doc__, pairs=5)
+  parser = shared_overrides_ab_parser('hoist_ab', __doc__, pairs=5)
   parser.add_argument('--variant', default=None, help="overrides config.tlb.variant")
   parser.add_argument('--step', choices=('train', 'eval'), default='train',
                       help='the step timed: training or evaluation (`evaluation.eval_step`)')
@@ -87,6 +89,7 @@ def main(argv=None):
   if args.variant:
     config.tlb.variant = args.variant
   config.batch_size = config.eval_batch_size = args.batch_size
+  config = with_overrides(config, args.set)
   use_trainer_devices(config)
   if args.step == 'train':
     runners = {'in_scan': train_step_runner(config, TLBWithoutHoisting),

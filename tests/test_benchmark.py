@@ -336,3 +336,21 @@ def test_time_pairs_reports_the_second_steps_speed_over_the_firsts(monkeypatch, 
   output = capsys.readouterr().out
   assert 'pair 0: a 50.0, b 200.0, ratio b/a 4.000' in output
   assert 'median ratio b/a: 4.000' in output
+
+
+def test_config_ab_times_the_eval_step_of_both_settings_when_asked(monkeypatch, capsys):
+  """`--step=eval` times each setting's eval step, never its train step."""
+  calls = []
+
+  def steps_of(config, num_classes):
+    del num_classes
+    remat = config.tlb.remat
+    return (lambda: calls.append(('train', remat)), lambda: calls.append(('eval', remat)), {})
+
+  monkeypatch.setattr(config_ab.benchmark, 'pmapped_steps', steps_of)
+  monkeypatch.setattr(config_ab, 'use_trainer_devices', lambda config: None)
+  config_ab.main(['--config=smoke', '--batch_size=8', '--step=eval', '--b=tlb.remat=full',
+                  '--pairs=1', '--repeats=2', '--warmup=0'])
+  assert {step for step, _ in calls} == {'eval'}
+  assert {remat for _, remat in calls} == {'dots', 'full'}
+  assert 'eval images/s' in capsys.readouterr().out
