@@ -127,8 +127,10 @@ def test_seed_config_builds_the_keras_seed_model():
   config_validation.validate(config)
   model = create_model(config, num_classes=10)
   assert model.variant == 'keras_seed'
-  # The model whose port the tests above check, but for how it computes (dtype, remat).
-  assert model == get_pair('seed').model.clone(dtype=model.dtype, remat=model.remat)
+  # The model whose port the tests above check, but for how it computes (dtype, remat, the
+  # chunks per loop iteration).
+  assert model == get_pair('seed').model.clone(dtype=model.dtype, remat=model.remat,
+                                               scan_unroll=model.scan_unroll)
 
 
 def test_unknown_variant_is_a_config_error():
