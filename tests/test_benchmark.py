@@ -354,3 +354,14 @@ def test_config_ab_times_the_eval_step_of_both_settings_when_asked(monkeypatch, 
   assert {step for step, _ in calls} == {'eval'}
   assert {remat for _, remat in calls} == {'dots', 'full'}
   assert 'eval images/s' in capsys.readouterr().out
+
+
+def test_each_loop_segment_is_compared_with_the_step_timed_on_either_side_of_it():
+  """A machine slowing down from 600 to 400 images/s: a loop segment run between step timings
+  of 600 and 500 at 550 images/s runs at 100% of its step, as does the next at 450."""
+  assert benchmark.segment_ratios([550.0, 450.0], [600.0, 500.0, 400.0]) == [1.0, 1.0]
+
+
+def test_segment_ratios_need_one_step_timing_more_than_segments():
+  with pytest.raises(ValueError, match='2 segments need 3 step timings'):
+    benchmark.segment_ratios([550.0, 450.0], [600.0, 500.0])

@@ -55,6 +55,8 @@ flags.DEFINE_enum('profile_step', 'train', ['train', 'eval'], 'The step --profil
 flags.DEFINE_integer('profile_steps', 3, 'Calls traced with --profile_dir.')
 flags.DEFINE_integer('loop_steps', 0, 'Also time this many steps of the training loop on '
                      'generated data (`loop_throughput`) against its step; 0: do not.')
+flags.DEFINE_integer('loop_segments', 3, 'With --loop_steps: segments of the loop, each '
+                     'compared with the step timed right before and after it.', lower_bound=1)
 flags.DEFINE_bool('flops', True, 'Count FLOPs and the fraction of peak; this compiles the '
                   'unrolled train and eval steps too, which --noflops skips (timings only).')
 
@@ -183,17 +185,20 @@ def measure(batch_size: int, steps: dict, repeats: int, warmup: int) -> dict[str
 
 
 def loop_throughput(config, num_classes: int, num_steps: int, log_every: int = 50,
-                    repeats: int = 10, warmup: int = 2) -> dict:
+                    repeats: int = 10, warmup: int = 2, segments: int = 3) -> dict:
   """Images/s of the training loop on generated data, against its step's.
 
   Drives the loop step as `train._train_and_test` does between checkpoints: batches of
   `input_pipeline.train_batches` on a generated split, prefetched to the devices, dispatched
   by `train.dispatch_steps`, the carry read at every `log_every`-th step while the next step
-  runs, and once at the end (which waits for every step). Validation, checkpoints and
-  TensorBoard writes are left out. The step's figure is the median of `repeats` calls of the
-  same compiled step on one batch already on the devices, each waited for, timed right before
-  the loop (after a warm-up loop) and right after it, the mean of the two: a shared machine's
-  speed drifts over the loop's length by more than the loop's own cost.
+  runs, and once at the end of each segment (which waits for every step). Validation,
+  checkpoints and TensorBoard writes are left out. The loop runs in `segments` segments of
+  num_steps / segments steps, and the step is timed (the median of `repeats` calls of the same
+  compiled step on one batch already on the devices, each waited for) before the first segment,
+  after a warm-up loop, and after each segment: a shared machine's speed drifts within a
+  minute by more than the loop's own cost, so each segment is compared with the mean of the
+  step's figures right before and right after it, and 'loop_over_step' is the median of
+  those ratios.
   """
   devices = jax.local_device_count()
   model = create_model(config, num_classes)
@@ -237,19 +242,34 @@ def loop_throughput(config, num_classes: int, num_steps: int, log_every: int = 5
     return state
 
   holder['state'] = run(holder.pop('state'), min(num_steps, log_every))  # a warm pipeline
-  step_seconds_before = median_seconds(one_step, repeats, warmup)
-  start = time.perf_counter()
-  holder['state'] = run(holder.pop('state'), num_steps)
-  loop_seconds = time.perf_counter() - start
-  step_seconds_after = median_seconds(one_step, repeats, warmup=0)
-  step_seconds = (step_seconds_before + step_seconds_after) / 2
-  step_images_per_s = config.batch_size / step_seconds
-  loop_images_per_s = num_steps * config.batch_size / loop_seconds
-  return {'batch_size': config.batch_size, 'steps': num_steps, 'log_every_steps': log_every,
-          'step_images_per_s': step_images_per_s, 'loop_images_per_s': loop_images_per_s,
-          'loop_over_step': loop_images_per_s / step_images_per_s,
-          'step_images_per_s_before_and_after': [config.batch_size / step_seconds_before,
-                                                 config.batch_size / step_seconds_after]}
+  segment_steps = max(1, num_steps // segments)
+  step_images_per_s = [config.batch_size / median_seconds(one_step, repeats, warmup)]
+  loop_seconds = []
+  for _ in range(segments):
+    start = time.perf_counter()
+    holder['state'] = run(holder.pop('state'), segment_steps)
+    loop_seconds.append(time.perf_counter() - start)
+    step_images_per_s.append(config.batch_size / median_seconds(one_step, repeats, warmup=0))
+  loop_images_per_s = [segment_steps * config.batch_size / s for s in loop_seconds]
+  ratios = segment_ratios(loop_images_per_s, step_images_per_s)
+  return {'batch_size': config.batch_size, 'steps': segment_steps * segments,
+          'log_every_steps': log_every,
+          'step_images_per_s': float(np.mean(step_images_per_s)),
+          'loop_images_per_s': segment_steps * segments * config.batch_size / sum(loop_seconds),
+          'loop_over_step': float(np.median(ratios)),
+          'segment_loop_images_per_s': loop_images_per_s,
+          'segment_loop_over_step': ratios,
+          'step_images_per_s_around_segments': step_images_per_s}
+
+
+def segment_ratios(loop_images_per_s: list[float], step_images_per_s: list[float]) -> list[float]:
+  """Each loop segment's images/s over the mean of the step's images/s timed right before and
+  right after it (`step_images_per_s` has one figure more than `loop_images_per_s`)."""
+  if len(step_images_per_s) != len(loop_images_per_s) + 1:
+    raise ValueError(f'{len(loop_images_per_s)} segments need {len(loop_images_per_s) + 1} step '
+                     f'timings, got {len(step_images_per_s)}')
+  return [loop / ((before + after) / 2) for loop, before, after
+          in zip(loop_images_per_s, step_images_per_s, step_images_per_s[1:])]
 
 
 def pmap_scaling(config, num_classes: int, per_device_batch: int, device_counts,
@@ -406,12 +426,15 @@ def main(argv):
       sys.exit(2)
     if FLAGS.loop_steps:
       result['loop'] = loop_throughput(config, FLAGS.num_classes, FLAGS.loop_steps,
-                                       config.log_every_steps, FLAGS.repeats, FLAGS.warmup)
+                                       config.log_every_steps, FLAGS.repeats, FLAGS.warmup,
+                                       FLAGS.loop_segments)
     print(format_table(result))
     if 'loop' in result:
       loop = result['loop']
-      print(f"loop: {loop['loop_images_per_s']:.0f} images/s over {loop['steps']} steps, "
-            f"{100 * loop['loop_over_step']:.1f}% of its step's {loop['step_images_per_s']:.0f}")
+      segments = ', '.join(f'{100 * r:.1f}%' for r in loop['segment_loop_over_step'])
+      print(f"loop: {loop['loop_images_per_s']:.0f} images/s over {loop['steps']} steps; each "
+            f"segment against the step timed on either side of it: {segments} (median "
+            f"{100 * loop['loop_over_step']:.1f}%)")
     if 'profile' in result:
       print(f'\nWhere the {FLAGS.profile_step} step\'s time goes ({FLAGS.profile_steps} traced '
             f'calls; trace in {FLAGS.profile_dir}):')
