@@ -75,6 +75,12 @@ def step_ab_parser(module: str, description: str, pairs: int = 3) -> argparse.Ar
   return parser
 
 
+def add_step_argument(parser: argparse.ArgumentParser) -> None:
+  """`--step`: the step an A/B times, 'train' (the default) or 'eval'."""
+  parser.add_argument('--step', choices=('train', 'eval'), default='train',
+                      help='the step timed: training or evaluation (`evaluation.eval_step`)')
+
+
 def shared_overrides_ab_parser(module: str, description: str,
                                pairs: int = 3) -> argparse.ArgumentParser:
   """`step_ab_parser` and `--set`, overrides of the config for both sides of the A/B (the two
@@ -103,8 +109,7 @@ def layer_versions_main(module: str, description: str, option: str, versions: di
 
 def parse_args(argv=None) -> argparse.Namespace:
   parser = step_ab_parser('config_ab', __doc__)
-  parser.add_argument('--step', choices=('train', 'eval'), default='train',
-                      help='the step timed: training or evaluation (`evaluation.eval_step`)')
+  add_step_argument(parser)
   parser.add_argument('--a', action='append', default=[], metavar='FIELD=VALUE',
                       help="A's overrides (repeat the flag for several)")
   parser.add_argument('--b', action='append', default=[], metavar='FIELD=VALUE',

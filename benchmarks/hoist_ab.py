@@ -22,7 +22,7 @@ import importlib
 import jax
 from flax import jax_utils
 
-from benchmarks.config_ab import (shared_overrides_ab_parser, time_pairs,
+from benchmarks.config_ab import (add_step_argument, shared_overrides_ab_parser, time_pairs,
                                   use_trainer_devices, with_overrides)
 from tlb_jax import allocator, benchmark, evaluation, train, train_state
 from tlb_jax.models import create_model
@@ -40,8 +40,7 @@ class TLBHoistingInEvaluation(TLB):
 def parse_args(argv=None) -> argparse.Namespace:
   parser = shared_overrides_ab_parser('hoist_ab', __doc__, pairs=5)
   parser.add_argument('--variant', default=None, help="overrides config.tlb.variant")
-  parser.add_argument('--step', choices=('train', 'eval'), default='train',
-                      help='the step timed: training or evaluation (`evaluation.eval_step`)')
+  add_step_argument(parser)
   return parser.parse_args(argv)
 
 
