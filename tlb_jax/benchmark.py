@@ -252,10 +252,10 @@ def loop_throughput(config, num_classes: int, num_steps: int, log_every: int = 5
     step_images_per_s.append(config.batch_size / median_seconds(one_step, repeats, warmup=0))
   loop_images_per_s = [segment_steps * config.batch_size / s for s in loop_seconds]
   ratios = segment_ratios(loop_images_per_s, step_images_per_s)
-  return {'batch_size': config.batch_size, 'steps': segment_steps * segments,
-          'log_every_steps': log_every,
+  steps_run = segment_steps * segments
+  return {'batch_size': config.batch_size, 'steps': steps_run, 'log_every_steps': log_every,
           'step_images_per_s': float(np.mean(step_images_per_s)),
-          'loop_images_per_s': segment_steps * segments * config.batch_size / sum(loop_seconds),
+          'loop_images_per_s': steps_run * config.batch_size / sum(loop_seconds),
           'loop_over_step': float(np.median(ratios)),
           'segment_loop_images_per_s': loop_images_per_s,
           'segment_loop_over_step': ratios,
