@@ -362,6 +362,16 @@ def test_each_loop_segment_is_compared_with_the_step_timed_on_either_side_of_it(
   assert benchmark.segment_ratios([550.0, 450.0], [600.0, 500.0, 400.0]) == [1.0, 1.0]
 
 
+def test_the_loops_step_time_counts_every_call_a_slow_one_too(monkeypatch):
+  """Calls of 1, 1 and 4 s (after a warm-up call that is not counted) take 2 s each on
+  average, as a loop of them would; their median, 1 s, would leave the slow call out."""
+  clock = iter([0.0, 6.0])
+  monkeypatch.setattr(benchmark.time, 'perf_counter', lambda: next(clock))
+  calls = []
+  assert benchmark.mean_seconds(lambda: calls.append(1), repeats=3, warmup=1) == 2.0
+  assert len(calls) == 4
+
+
 def test_segment_ratios_need_one_step_timing_more_than_segments():
   with pytest.raises(ValueError, match='2 segments need 3 step timings'):
     benchmark.segment_ratios([550.0, 450.0], [600.0, 500.0])

@@ -73,6 +73,17 @@ def median_seconds(fn, repeats: int, warmup: int) -> float:
   return float(np.median(times))
 
 
+def mean_seconds(fn, repeats: int, warmup: int) -> float:
+  """Wall time of `repeats` consecutive calls of `fn()` (which must block until its result is
+  ready) over `repeats`: every call counts, a slow one too, as in a loop's images/s."""
+  for _ in range(warmup):
+    fn()
+  start = time.perf_counter()
+  for _ in range(repeats):
+    fn()
+  return (time.perf_counter() - start) / repeats
+
+
 def peak_matmul_size(backend: str) -> int:
   """Side of the square matmul that measures the peak. An accelerator does a 2048-matmul in
   microseconds, so launch overhead would hide most of its peak; at 8192 a CPU would take
@@ -198,7 +209,8 @@ def loop_throughput(config, num_classes: int, num_steps: int, log_every: int = 5
   after a warm-up loop, and after each segment: a shared machine's speed drifts within a
   minute by more than the loop's own cost, so each segment is compared with the mean of the
   step's figures right before and right after it, and 'loop_over_step' is the median of
-  those ratios.
+  those ratios. The step is timed as the loop is, over every call (`mean_seconds`): on a
+  shared machine one call in seven can take a third longer, which a median would leave out.
   """
   devices = jax.local_device_count()
   model = create_model(config, num_classes)
@@ -243,13 +255,13 @@ def loop_throughput(config, num_classes: int, num_steps: int, log_every: int = 5
 
   holder['state'] = run(holder.pop('state'), min(num_steps, log_every))  # a warm pipeline
   segment_steps = max(1, num_steps // segments)
-  step_images_per_s = [config.batch_size / median_seconds(one_step, repeats, warmup)]
+  step_images_per_s = [config.batch_size / mean_seconds(one_step, repeats, warmup)]
   loop_seconds = []
   for _ in range(segments):
     start = time.perf_counter()
     holder['state'] = run(holder.pop('state'), segment_steps)
     loop_seconds.append(time.perf_counter() - start)
-    step_images_per_s.append(config.batch_size / median_seconds(one_step, repeats, warmup=0))
+    step_images_per_s.append(config.batch_size / mean_seconds(one_step, repeats, warmup=0))
   loop_images_per_s = [segment_steps * config.batch_size / s for s in loop_seconds]
   ratios = segment_ratios(loop_images_per_s, step_images_per_s)
   steps_run = segment_steps * segments
