@@ -16,10 +16,15 @@ Each pair interleaves the two call by call (`time_pairs`).
 
 import functools
 
+from tlb_jax import allocator
+
+if __name__ == '__main__':
+  allocator.use_tcmalloc()  # first: it starts the process again, which repeats what ran before
+
+# pylint: disable=wrong-import-position
 import jax
 
 from benchmarks.config_ab import layer_versions_main
-from tlb_jax import allocator
 
 # --activation -> (attribute of tlb_jax.models.layers, JAX's function put in its place).
 ACTIVATIONS = {'gelu_erf': ('gelu_erf', functools.partial(jax.nn.gelu, approximate=False))}
@@ -30,5 +35,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  allocator.use_tcmalloc()
   main()

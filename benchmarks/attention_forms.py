@@ -22,11 +22,16 @@ each; compare them within a pair.
 
 import argparse
 
+from tlb_jax import allocator
+
+if __name__ == '__main__':
+  allocator.use_tcmalloc()  # first: it starts the process again, which repeats what ran before
+
+# pylint: disable=wrong-import-position
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tlb_jax import allocator
 from tlb_jax.benchmark import median_seconds
 
 
@@ -121,5 +126,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  allocator.use_tcmalloc()
   main()

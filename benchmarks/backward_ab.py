@@ -19,6 +19,12 @@ machine's speed falls on both; compare the ratios, not figures of other runs.
 import argparse
 import functools
 
+from tlb_jax import allocator
+
+if __name__ == '__main__':
+  allocator.use_tcmalloc()  # first: it starts the process again, which repeats what ran before
+
+# pylint: disable=wrong-import-position
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -26,7 +32,6 @@ import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
 from benchmarks.config_ab import shared_overrides_ab_parser, time_layer_versions
-from tlb_jax import allocator
 from tlb_jax.models import layers
 
 
@@ -138,5 +143,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  allocator.use_tcmalloc()
   main()

@@ -22,10 +22,16 @@ import importlib
 import time
 from unittest import mock
 
+from tlb_jax import allocator
+
+if __name__ == '__main__':
+  allocator.use_tcmalloc()  # first: it starts the process again, which repeats what ran before
+
+# pylint: disable=wrong-import-position
 import jax
 import numpy as np
 
-from tlb_jax import allocator, benchmark, config_validation, host_devices
+from tlb_jax import benchmark, config_validation, host_devices
 from tlb_jax.models import layers
 
 NUM_CLASSES = {'cifar10': 10, 'cifar100': 100}
@@ -190,5 +196,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  allocator.use_tcmalloc()
   main()

@@ -23,12 +23,17 @@ one fixed random batch, compiled in this process, on the host devices `main.py` 
 Each pair interleaves the two call by call (`time_pairs`).
 """
 
+from tlb_jax import allocator
+
+if __name__ == '__main__':
+  allocator.use_tcmalloc()  # first: it starts the process again, which repeats what ran before
+
+# pylint: disable=wrong-import-position
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from benchmarks.config_ab import layer_versions_main
-from tlb_jax import allocator
 from tlb_jax.models import layers
 
 
@@ -66,5 +71,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  allocator.use_tcmalloc()
   main()

@@ -19,12 +19,18 @@ import argparse
 import dataclasses
 import importlib
 
+from tlb_jax import allocator
+
+if __name__ == '__main__':
+  allocator.use_tcmalloc()  # first: it starts the process again, which repeats what ran before
+
+# pylint: disable=wrong-import-position
 import jax
 from flax import jax_utils
 
 from benchmarks.config_ab import (add_step_argument, shared_overrides_ab_parser, time_pairs,
                                   use_trainer_devices, with_overrides)
-from tlb_jax import allocator, benchmark, evaluation, train, train_state
+from tlb_jax import benchmark, evaluation, train, train_state
 from tlb_jax.models import create_model
 from tlb_jax.models.tlb import TLB, TLBWithoutHoisting
 
@@ -106,5 +112,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  allocator.use_tcmalloc()
   main()

@@ -18,13 +18,18 @@ import argparse
 import json
 import os
 
+from tlb_jax import allocator
+
+if __name__ == '__main__':
+  allocator.use_tcmalloc()  # first: it starts the process again, which repeats what ran before
+
+# pylint: disable=wrong-import-position
 os.environ.setdefault('KERAS_BACKEND', 'tensorflow')
 
 import keras  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 from keras import layers, ops  # noqa: E402
 
-from tlb_jax import allocator  # noqa: E402
 from tlb_jax.benchmark import median_seconds  # noqa: E402
 
 SEED_CONFIG = dict(image_size=48, patch_size=4, embed_dim=64, chunk_size=8, r=2, num_layers=4,
@@ -180,5 +185,4 @@ def main():
 
 
 if __name__ == '__main__':
-  allocator.use_tcmalloc()
   main()

@@ -16,11 +16,17 @@ devices are the trainer's (one host device per core by default, `TLB_JAX_CPU_DEV
 import argparse
 import importlib
 
+from tlb_jax import allocator
+
+if __name__ == '__main__':
+  allocator.use_tcmalloc()  # first: it starts the process again, which repeats what ran before
+
+# pylint: disable=wrong-import-position
 import jax
 import jax.numpy as jnp
 
 from benchmarks.config_ab import NUM_CLASSES, step_ab_parser, time_pairs
-from tlb_jax import allocator, benchmark, config_validation, host_devices
+from tlb_jax import benchmark, config_validation, host_devices
 from tlb_jax.models.layers import Dropout
 
 MASK_SHAPE = (16, 256)  # a dropout mask's shape after the batch axis
@@ -78,5 +84,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  allocator.use_tcmalloc()
   main()

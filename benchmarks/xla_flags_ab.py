@@ -21,10 +21,16 @@ not compile options: set those in XLA_FLAGS, for both sides.
 
 import importlib
 
+from tlb_jax import allocator
+
+if __name__ == '__main__':
+  allocator.use_tcmalloc()  # first: it starts the process again, which repeats what ran before
+
+# pylint: disable=wrong-import-position
 import jax
 
 from benchmarks import config_ab
-from tlb_jax import allocator, benchmark, config_validation
+from tlb_jax import benchmark, config_validation
 
 STEPS = ('train', 'eval')
 
@@ -92,5 +98,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  allocator.use_tcmalloc()
   main()

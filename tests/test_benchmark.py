@@ -4,6 +4,7 @@ tcmalloc by default."""
 import functools
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -262,6 +263,35 @@ def test_use_tcmalloc_restarts_the_command_under_it_unless_opted_out(opt_out, ex
   process = subprocess.run([sys.executable, '-c', script, 'an', 'argument'], cwd=REPO_ROOT,
                            env=env, capture_output=True, text=True, timeout=60, check=True)
   assert process.stdout.split('\n')[0] == f"{expected} ['an', 'argument']"
+
+
+# Every command that restarts itself under tcmalloc: main.py and the modules run with -m.
+RESTARTING_COMMANDS = sorted(
+    str(path.relative_to(REPO_ROOT)) for path in pathlib.Path(REPO_ROOT).glob('**/*.py')
+    if 'tests' not in path.parts and 'allocator.use_tcmalloc()' in path.read_text())
+
+
+def test_restarting_commands_are_found():
+  assert {'main.py', 'tlb_jax/benchmark.py', 'benchmarks/config_ab.py'} <= set(
+      RESTARTING_COMMANDS)
+
+
+@pytest.mark.parametrize('path', RESTARTING_COMMANDS)
+def test_each_command_restarts_under_tcmalloc_before_importing_jax_or_tensorflow(path):
+  """The restart runs the command's imports again: JAX, TensorFlow and Keras take seconds."""
+  run = (f"runpy.run_path('{path}', run_name='__main__')" if path == 'main.py' else
+         f"runpy.run_module('{path[:-3].replace('/', '.')}', run_name='__main__')")
+  script = ('import runpy, sys\n'
+            'from tlb_jax import allocator\n'
+            'def restart():\n'
+            "  print(sorted({'jax', 'tensorflow', 'keras'} & set(sys.modules)))\n"
+            '  raise SystemExit(0)\n'
+            'allocator.use_tcmalloc = restart\n'
+            + run)
+  process = subprocess.run([sys.executable, '-c', script], cwd=REPO_ROOT, capture_output=True,
+                           text=True, timeout=120, check=False)
+  assert process.returncode == 0, process.stderr[-2000:]
+  assert process.stdout.strip() == '[]'
 
 
 @pytest.mark.parametrize('model_name', ['vit', 'perceiver'])

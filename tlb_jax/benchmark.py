@@ -20,6 +20,12 @@ import json
 import sys
 import time
 
+from tlb_jax import allocator
+
+if __name__ == '__main__':
+  allocator.use_tcmalloc()  # first: it starts the process again, which repeats what ran before
+
+# pylint: disable=wrong-import-position
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -28,7 +34,7 @@ from absl import app, flags
 from flax import jax_utils
 from ml_collections import config_flags
 
-from tlb_jax import (allocator, config_validation, evaluation, host_devices, input_pipeline,
+from tlb_jax import (config_validation, evaluation, host_devices, input_pipeline,
                      profiling, train, train_state)
 from tlb_jax.models import MODELS, create_model, layers
 
@@ -459,5 +465,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  allocator.use_tcmalloc()
   app.run(main)
