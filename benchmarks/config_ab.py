@@ -185,7 +185,8 @@ def main(argv=None):
   runners, batch_sizes = {}, {}
   for name, config in configs.items():
     config_validation.validate(config, jax.local_device_count())
-    run_train, run_eval, _ = benchmark.pmapped_steps(config, NUM_CLASSES[config.dataset])
+    run_train, run_eval, _ = benchmark.pmapped_steps(
+        config, NUM_CLASSES[config.dataset], compile_train_now=args.step == 'train')
     runners[name] = run_train if args.step == 'train' else run_eval
     batch_sizes[name] = config.batch_size
     runners[name]()  # compile both before timing either

@@ -267,8 +267,10 @@ def test_use_tcmalloc_restarts_the_command_under_it_unless_opted_out(opt_out, ex
 
 # Every command that restarts itself under tcmalloc: main.py and the modules run with -m.
 RESTARTING_COMMANDS = sorted(
-    str(path.relative_to(REPO_ROOT)) for path in pathlib.Path(REPO_ROOT).glob('**/*.py')
-    if 'tests' not in path.parts and 'allocator.use_tcmalloc()' in path.read_text())
+    str(path.relative_to(REPO_ROOT))
+    for pattern in ('main.py', 'tlb_jax/*.py', 'benchmarks/*.py')
+    for path in pathlib.Path(REPO_ROOT).glob(pattern)
+    if 'allocator.use_tcmalloc()' in path.read_text())
 
 
 def test_restarting_commands_are_found():
@@ -369,12 +371,14 @@ def test_time_pairs_reports_the_second_steps_speed_over_the_firsts(monkeypatch, 
 
 
 def test_config_ab_times_the_eval_step_of_both_settings_when_asked(monkeypatch, capsys):
-  """`--step=eval` times each setting's eval step, never its train step."""
+  """`--step=eval` times each setting's eval step, and neither runs nor compiles its train
+  step."""
   calls = []
 
-  def steps_of(config, num_classes):
+  def steps_of(config, num_classes, compile_train_now):
     del num_classes
     remat = config.tlb.remat
+    assert not compile_train_now
     return (lambda: calls.append(('train', remat)), lambda: calls.append(('eval', remat)), {})
 
   monkeypatch.setattr(config_ab.benchmark, 'pmapped_steps', steps_of)
@@ -384,6 +388,22 @@ def test_config_ab_times_the_eval_step_of_both_settings_when_asked(monkeypatch, 
   assert {step for step, _ in calls} == {'eval'}
   assert {remat for _, remat in calls} == {'dots', 'full'}
   assert 'eval images/s' in capsys.readouterr().out
+
+
+def test_pmapped_steps_can_leave_the_train_step_uncompiled_until_its_first_use(monkeypatch):
+  """An eval A/B compiles no train step: building the steps compiles nothing, and running the
+  eval step compiles that one program."""
+  compiled = []
+  compile_lowered = jax.stages.Lowered.compile
+  monkeypatch.setattr(jax.stages.Lowered, 'compile',
+                      lambda self, *args: compiled.append(self) or compile_lowered(self, *args))
+  config = smoke.get_config()
+  config.tlb.update(num_layers=1, cross_attention_every=1)  # as ONE_LAYER_TLB
+  config.batch_size = 4
+  _, run_eval, _ = benchmark.pmapped_steps(config, num_classes=10, compile_train_now=False)
+  assert not compiled
+  run_eval()
+  assert len(compiled) == 1
 
 
 def test_each_loop_segment_is_compared_with_the_step_timed_on_either_side_of_it():

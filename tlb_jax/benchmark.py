@@ -159,36 +159,44 @@ def _gflops(lowered) -> float:
   return cost['flops'] / 1e9 if cost and 'flops' in cost else float('nan')
 
 
-def pmapped_steps(config, num_classes: int, devices=None, compiler_options=None):
+def pmapped_steps(config, num_classes: int, devices=None, compiler_options=None,
+                  compile_train_now: bool = True):
   """Blocking zero-argument callables running the pmapped train and eval steps on fixed
   batches, and {'train': f, 'eval': f}, functions giving each compiled step's HLO text.
   `devices`: the local devices to run on (default: all). `compiler_options`: XLA options
   ({'xla_cpu_...': value}, as XLA_FLAGS names them without '--') for these two compilations
-  only."""
+  only. The train step compiles here (callers that patch the model compile it inside their
+  patch), or with `compile_train_now=False` on its first use, as the eval step always does."""
   devices = devices or jax.local_devices()
   state, train_step, eval_step = _steps(config, num_classes)
   shard = lambda b: {k: v.reshape((len(devices), -1) + v.shape[1:]) for k, v in b.items()}
   train_batch = shard(synthetic_batch(config.batch_size, num_classes, mask=False))
   eval_batch = shard(synthetic_batch(config.batch_size, num_classes, mask=True))
   replicated = {'state': jax_utils.replicate(state, devices, axis_name='batch')}
-  # Compiled ahead of time so that the profile reads the HLO of the very program it traces;
-  # the eval step on its first use (most callers time the train step only).
-  p_train = jax.pmap(train_step, axis_name='batch', donate_argnums=(0,), devices=devices).lower(
-      replicated['state'], train_batch).compile(compiler_options)
+  # Compiled ahead of time (not by jit on a call) so that the profile reads the HLO of the
+  # very program it traces.
+  @functools.cache
+  def p_train():
+    return jax.pmap(train_step, axis_name='batch', donate_argnums=(0,), devices=devices).lower(
+        replicated['state'], train_batch).compile(compiler_options)
 
   @functools.cache
   def p_eval():
     return jax.pmap(eval_step, axis_name='batch', devices=devices).lower(
         replicated['state'].params, eval_batch).compile(compiler_options)
 
+  if compile_train_now:
+    p_train()
+
   def run_train():
-    replicated['state'], step_metrics = p_train(replicated['state'], train_batch)
+    replicated['state'], step_metrics = p_train()(replicated['state'], train_batch)
     jax.block_until_ready((replicated['state'], step_metrics))
 
   def run_eval():
     jax.block_until_ready(p_eval()(replicated['state'].params, eval_batch))
 
-  return run_train, run_eval, {'train': p_train.as_text, 'eval': lambda: p_eval().as_text()}
+  return run_train, run_eval, {'train': lambda: p_train().as_text(),
+                               'eval': lambda: p_eval().as_text()}
 
 
 def measure(batch_size: int, steps: dict, repeats: int, warmup: int) -> dict[str, dict]:
