@@ -218,13 +218,13 @@ def loop_throughput(config, num_classes: int, num_steps: int, log_every: int = 5
   by `train.dispatch_steps`, the carry read at every `log_every`-th step while the next step
   runs, and once at the end of each segment (which waits for every step). Validation,
   checkpoints and TensorBoard writes are left out. The loop runs in `segments` segments of
-  num_steps / segments steps, and the step is timed (the median of `repeats` calls of the same
-  compiled step on one batch already on the devices, each waited for) before the first segment,
-  after a warm-up loop, and after each segment: a shared machine's speed drifts within a
-  minute by more than the loop's own cost, so each segment is compared with the mean of the
-  step's figures right before and right after it, and 'loop_over_step' is the median of
-  those ratios. The step is timed as the loop is, over every call (`mean_seconds`): on a
-  shared machine one call in seven can take a third longer, which a median would leave out.
+  num_steps / segments steps, and the step is timed (`repeats` calls of the same compiled step
+  on one batch already on the devices, each waited for) before the first segment, after a
+  warm-up loop, and after each segment: a shared machine's speed drifts within a minute by
+  more than the loop's own cost, so each segment is compared with the mean of the step's
+  figures right before and right after it, and 'loop_over_step' is the median of those
+  ratios. The step is timed as the loop is, over every call (`mean_seconds`), not by a
+  median: on a shared machine one call in seven can take a third longer.
   """
   devices = jax.local_device_count()
   model = create_model(config, num_classes)
